@@ -1,0 +1,1 @@
+"""cachefs: a caching, read-only network filesystem with FUSE passthrough."""

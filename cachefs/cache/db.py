@@ -1,0 +1,169 @@
+"""The cache's SQLite state: what objects and chunks are on disk, and listings.
+
+Two connections to one WAL database. The reader serves point look-ups on the
+event loop thread: under WAL a reader never waits for the writer, so these
+are bounded (an indexed look-up in a local file). Every write goes through
+the writer connection on a single worker thread, so the request path never
+waits for a commit or an fsync.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+from sqlite_utils import Database
+
+from cachefs.migrations import MIGRATIONS
+
+T = TypeVar("T")
+
+
+class CorruptDatabase(Exception):
+    """The database file cannot be opened or migrated."""
+
+
+@dataclass(frozen=True)
+class ObjectRow:
+    """A cached object version as recorded in SQLite."""
+
+    id: int
+    key: str
+    version: str
+    size: int
+    mtime: float
+    chunk_size: int
+    data_name: str
+    bytes_cached: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk whose bytes are durable, ready to be recorded."""
+
+    object_id: int
+    idx: int
+    nbytes: int
+    nchunks: int  # chunks in the whole object
+
+
+def _connect(path: Path, *, check_same_thread: bool) -> Database:
+    conn = sqlite3.connect(path, check_same_thread=check_same_thread, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return Database(conn)
+
+
+class CacheDB:
+    """Reads on the caller's thread, writes on one worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._writer = _connect(path, check_same_thread=False)
+            MIGRATIONS.apply(self._writer)
+            self._reader = _connect(path, check_same_thread=True)
+        except sqlite3.DatabaseError as e:
+            raise CorruptDatabase(f"cache database {path} is unusable: {e}") from e
+        self._write_limiter = trio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        self._reader.conn.close()
+        self._writer.conn.close()
+
+    async def write(self, fn: Callable[[Database], T]) -> T:
+        """Run `fn(db)` in one transaction on the writer thread."""
+
+        def run() -> T:
+            with self._writer.conn:
+                return fn(self._writer)
+
+        return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+
+    # --- objects -------------------------------------------------------------
+
+    def find_object(self, key: str, version: str) -> ObjectRow | None:
+        row = self._reader.conn.execute(
+            "SELECT id, key, version, size, mtime, chunk_size, data_name, bytes_cached, complete"
+            " FROM objects WHERE key = ? AND version = ?",
+            (key, version),
+        ).fetchone()
+        return ObjectRow(*row[:8], complete=bool(row[8])) if row else None
+
+    def chunks_of(self, object_id: int) -> set[int]:
+        rows = self._reader.conn.execute("SELECT idx FROM chunks WHERE object_id = ?", (object_id,))
+        return {r[0] for r in rows}
+
+    async def insert_object(
+        self, key: str, version: str, size: int, mtime: float, chunk_size: int, data_name: str
+    ) -> int:
+        def insert(db: Database) -> int:
+            cur = db.conn.execute(
+                "INSERT INTO objects (key, version, size, mtime, chunk_size, data_name, last_access)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, version, size, mtime, chunk_size, data_name, time.time()),
+            )
+            return int(cur.lastrowid)
+
+        return await self.write(insert)
+
+    async def forget_chunks(self, object_id: int) -> None:
+        """The data file no longer backs what was recorded: start over."""
+
+        def forget(db: Database) -> None:
+            db.conn.execute("DELETE FROM chunks WHERE object_id = ?", (object_id,))
+            db.conn.execute(
+                "UPDATE objects SET bytes_cached = 0, complete = 0 WHERE id = ?", (object_id,)
+            )
+
+        await self.write(forget)
+
+    @staticmethod
+    def record_chunks(db: Database, records: Iterable[ChunkRecord]) -> None:
+        """Record durable chunks; call through `write` after the fdatasync."""
+        now = time.time()
+        records = list(records)
+        for r in records:
+            cur = db.conn.execute(
+                "INSERT OR IGNORE INTO chunks (object_id, idx) VALUES (?, ?)", (r.object_id, r.idx)
+            )
+            if cur.rowcount:
+                db.conn.execute(
+                    "UPDATE objects SET bytes_cached = bytes_cached + ?, last_access = ? WHERE id = ?",
+                    (r.nbytes, now, r.object_id),
+                )
+        # Complete only when every chunk is recorded as durable, whatever
+        # the process believed: the database must never over-report.
+        for object_id, nchunks in {(r.object_id, r.nchunks) for r in records}:
+            db.conn.execute(
+                "UPDATE objects SET complete = ((SELECT COUNT(*) FROM chunks WHERE object_id = ?) = ?)"
+                " WHERE id = ?",
+                (object_id, nchunks, object_id),
+            )
+
+    # --- listings ------------------------------------------------------------
+
+    def get_listing(self, path: str) -> tuple[float, list[dict]] | None:
+        row = self._reader.conn.execute(
+            "SELECT fetched_at, entries FROM listings WHERE path = ?", (path,)
+        ).fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    async def put_listing(self, path: str, fetched_at: float, entries: list[dict]) -> None:
+        payload = json.dumps(entries, separators=(",", ":"))
+
+        def put(db: Database) -> None:
+            db.conn.execute(
+                "INSERT OR REPLACE INTO listings (path, fetched_at, entries) VALUES (?, ?, ?)",
+                (path, fetched_at, payload),
+            )
+
+        await self.write(put)

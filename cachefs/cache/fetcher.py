@@ -1,0 +1,114 @@
+"""Fetches missing chunks of cached objects from the remote.
+
+Every chunk is fetched at most once at a time: readers of the same range wait
+on the same `ChunkFetch`. Fetches run in the fetcher's own nursery, not in
+the reader's task, so a reader that is interrupted does not waste a download
+another reader (or read-ahead) is waiting for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+import trio
+
+from cachefs.remote import Remote, RemoteError
+from cachefs.remote.base import BadResponse
+
+from .journal import Journal
+from .objects import CachedObject, ChunkFetch
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 8 * 1024 * 1024
+# Ranged GETs in flight at once, all objects together.
+MAX_INFLIGHT = 6
+# A chunk whose body broke off is tried again this many times in all.
+ATTEMPTS = 3
+RETRY_DELAY = 0.2
+
+
+class ChunkFetcher:
+    """Brings chunks into data files; see the module docstring."""
+
+    def __init__(
+        self,
+        remote: Remote,
+        journal: Journal,
+        nursery: trio.Nursery,
+        release: Callable[[CachedObject], None],
+        max_inflight: int = MAX_INFLIGHT,
+    ) -> None:
+        self._remote = remote
+        self._journal = journal
+        self._nursery = nursery
+        self._release = release
+        self._limiter = trio.CapacityLimiter(max_inflight)
+        self.bytes_fetched = 0
+
+    def start(self, obj: CachedObject, chunks: Iterable[int]) -> list[ChunkFetch]:
+        """Start fetching those of `chunks` not present or in flight."""
+        waits = []
+        for idx in chunks:
+            if idx in obj.present:
+                continue
+            fetch = obj.inflight.get(idx)
+            if fetch is None:
+                fetch = obj.inflight[idx] = ChunkFetch()
+                obj.uses += 1
+                self._nursery.start_soon(self._fetch, obj, idx, fetch)
+            waits.append(fetch)
+        return waits
+
+    @staticmethod
+    async def wait(fetches: Iterable[ChunkFetch]) -> None:
+        """Return once all `fetches` are done; raise the first one's error."""
+        for fetch in fetches:
+            await fetch.done.wait()
+            if fetch.error is not None:
+                raise fetch.error
+
+    async def ensure(self, obj: CachedObject, chunks: Iterable[int]) -> None:
+        """Return once every chunk in `chunks` is in the data file, or raise."""
+        await self.wait(self.start(obj, chunks))
+
+    async def _fetch(self, obj: CachedObject, idx: int, fetch: ChunkFetch) -> None:
+        try:
+            async with self._limiter:
+                await self._fetch_with_retries(obj, idx)
+            obj.present.add(idx)
+            self._journal.add(obj, idx)
+        except RemoteError as e:
+            fetch.error = e
+        except OSError as e:
+            log.error("writing %s to the cache failed: %s", obj.key, e)
+            fetch.error = e
+        finally:
+            del obj.inflight[idx]
+            fetch.done.set()
+            self._release(obj)
+
+    async def _fetch_with_retries(self, obj: CachedObject, idx: int) -> None:
+        start, end = obj.chunk_span(idx)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                await self._fetch_once(obj, start, end)
+                return
+            except BadResponse as e:
+                if attempt == ATTEMPTS:
+                    raise
+                log.warning("%s bytes %d-%d: %s; retrying", obj.key, start, end, e)
+                await trio.sleep(RETRY_DELAY * attempt)
+
+    async def _fetch_once(self, obj: CachedObject, start: int, end: int) -> None:
+        pos = start
+        async with self._remote.read_range(obj.key, start, end, obj.version) as body:
+            async for piece in body:
+                # A write into the page cache: bounded and fast, so inline.
+                os.pwrite(obj.fd, piece, pos)
+                pos += len(piece)
+        self.bytes_fetched += pos - start
+        if pos != end:
+            raise BadResponse(f"got {pos - start} bytes, expected {end - start}")

@@ -1,0 +1,89 @@
+"""One cached object version: its data file and which chunks it holds.
+
+The data file has the object's full size from the start and is sparse until
+its chunks arrive. `present` is what this process knows is in the file (the
+page cache counts); SQLite learns of a chunk only once it is durable.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+
+class CacheState(enum.Enum):
+    """Where an object version is on its way from the remote to the kernel."""
+
+    ABSENT = "absent"
+    PARTIAL = "partial"
+    COMPLETE = "complete"
+
+
+@dataclass
+class ChunkFetch:
+    """A fetch in flight; every reader of the chunk waits on the same one."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class CachedObject:
+    """An object version with an open data file, shared by all its readers."""
+
+    key: str
+    version: str
+    size: int
+    mtime: float
+    chunk_size: int
+    path: Path
+    fd: int
+    object_id: int | None = None
+    present: set[int] = field(default_factory=set)
+    inflight: dict[int, ChunkFetch] = field(default_factory=dict)
+    # Open handles, running fetches and unflushed chunks each hold a use;
+    # the data file is closed when the last one goes.
+    uses: int = 0
+
+    @property
+    def nchunks(self) -> int:
+        return -(-self.size // self.chunk_size)
+
+    def chunk_span(self, idx: int) -> tuple[int, int]:
+        start = idx * self.chunk_size
+        return start, min(self.size, start + self.chunk_size)
+
+    def chunks_for(self, offset: int, length: int) -> range:
+        """Indices of the chunks that hold bytes [offset, offset+length)."""
+        end = min(self.size, offset + length)
+        if end <= offset:
+            return range(0)
+        return range(offset // self.chunk_size, (end - 1) // self.chunk_size + 1)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.present) == self.nchunks
+
+    @property
+    def bytes_present(self) -> int:
+        return sum(e - s for s, e in map(self.chunk_span, self.present))
+
+    @property
+    def state(self) -> CacheState:
+        if self.complete:
+            return CacheState.COMPLETE
+        return CacheState.PARTIAL if self.present else CacheState.ABSENT
+
+    def pread(self, offset: int, length: int) -> bytes:
+        # Reading cached bytes from a local file is bounded and mostly served
+        # by the page cache: done inline rather than paying a thread hop.
+        return os.pread(self.fd, min(length, max(0, self.size - offset)), offset)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

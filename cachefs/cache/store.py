@@ -1,0 +1,174 @@
+"""The cache of one remote source: data files, SQLite state, fetching.
+
+Layout under the cache directory, one folder per source so that several
+mounts can share a cache directory without sharing state:
+
+    <cache-dir>/<host-path>-<hash>/
+        lock          held (flock) by the one daemon using this folder
+        state.db      SQLite: objects, chunks, listings
+        data/ab/ab12… one sparse file per object version
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import trio
+
+from cachefs.remote import Remote
+
+from .db import CacheDB
+from .fetcher import CHUNK_SIZE, ChunkFetcher
+from .journal import Journal
+from .objects import CachedObject
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+class CacheBusy(Exception):
+    """Another daemon is using this source's cache folder."""
+
+
+class CacheDirError(Exception):
+    """The cache directory cannot be created or written."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cachefs"
+
+
+def source_dir(cache_dir: Path, source: str) -> Path:
+    """The folder of `source` inside `cache_dir`: readable, and unique by hash."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", source.split("://", 1)[-1]).strip("_")[:48]
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return cache_dir / f"{readable}-{digest}"
+
+
+def prepare_dir(path: Path) -> None:
+    """Create `path` (mode 0700) and check that we can write in it."""
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CacheDirError(f"cache dir {path} is not writable: {e.strerror or e}") from e
+
+
+class Cache:
+    """Cached objects of one source. Use `async with cache.running():`."""
+
+    def __init__(self, cache_dir: Path, remote: Remote, chunk_size: int = CHUNK_SIZE) -> None:
+        self.root = source_dir(cache_dir, remote.source)
+        prepare_dir(self.root)
+        self.data_dir = self.root / "data"
+        self.data_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+        self._lock_fd = self._take_lock()
+        self.db = CacheDB(self.root / "state.db")
+        self.remote = remote
+        self.chunk_size = chunk_size
+        self._objects: dict[tuple[str, str], CachedObject] = {}
+        self.journal = Journal(self.db, self.release)
+        self._fetcher: ChunkFetcher | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def _take_lock(self) -> int:
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CacheBusy(f"cache {self.root} is in use by another cachefs daemon") from None
+        return fd
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run fetches and the journal until cancelled, then flush what is fetched."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._fetcher = ChunkFetcher(self.remote, self.journal, nursery, self.release)
+                nursery.start_soon(self.journal.run)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.journal.flush()
+
+    def close(self) -> None:
+        for obj in self._objects.values():
+            obj.close()
+        self._objects.clear()
+        self.db.close()
+        os.close(self._lock_fd)
+
+    @property
+    def fetcher(self) -> ChunkFetcher:
+        assert self._fetcher is not None, "Cache.run() is not running"
+        return self._fetcher
+
+    # --- objects -------------------------------------------------------------
+
+    def acquire(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
+        """The cached object for this version, opened; pair with `release`."""
+        obj = self._objects.get((key, version))
+        if obj is None:
+            obj = self._load(key, version, size, mtime)
+            self._objects[(key, version)] = obj
+        obj.uses += 1
+        return obj
+
+    def peek(self, key: str, version: str) -> CachedObject | None:
+        """The object if some handle or fetch has it open, without a new use."""
+        return self._objects.get((key, version))
+
+    def release(self, obj: CachedObject) -> None:
+        obj.uses -= 1
+        if obj.uses == 0:
+            obj.close()
+            del self._objects[(obj.key, obj.version)]
+
+    def _load(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
+        row = self.db.find_object(key, version)
+        name = row.data_name if row else hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:40]
+        path = self.data_dir / name[:2] / name
+        path.parent.mkdir(mode=DIR_MODE, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        present: set[int] = set()
+        if row is not None:
+            present = self.db.chunks_of(row.id)
+            if present and os.fstat(fd).st_size != size:
+                # The file no longer matches what was recorded: trust neither.
+                log.warning("data file of %s has the wrong size; fetching it again", key)
+                present = set()
+                assert self._nursery is not None
+                self._nursery.start_soon(self.db.forget_chunks, row.id)
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        chunk_size = row.chunk_size if row else self.chunk_size
+        return CachedObject(
+            key=key, version=version, size=size, mtime=mtime, chunk_size=chunk_size,
+            path=path, fd=fd, object_id=row.id if row else None, present=present,
+        )
+
+    async def read(self, obj: CachedObject, offset: int, size: int, ahead: int = 0) -> bytes:
+        """Bytes [offset, offset+size) of `obj`, fetching what is missing.
+
+        `ahead` chunks after the requested ones are fetched in the background.
+        """
+        chunks = obj.chunks_for(offset, size)
+        waits = self.fetcher.start(obj, chunks)
+        if ahead and chunks:
+            self.fetcher.start(obj, range(chunks.stop, min(obj.nchunks, chunks.stop + ahead)))
+        await self.fetcher.wait(waits)
+        return obj.pread(offset, size)
+
+    async def fetch_all(self, obj: CachedObject) -> None:
+        await self.fetcher.ensure(obj, range(obj.nchunks))

@@ -1,0 +1,262 @@
+"""The `cachefs` command line.
+
+Every failure the user can cause ends in one line on stderr and a non-zero
+exit status; tracebacks go to the daemon log at --log-level debug only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import select
+import sys
+import time
+from pathlib import Path
+
+from cachefs.cache import CacheDirError, default_cache_dir
+from cachefs.cache.store import prepare_dir
+from cachefs.kernel import MountError, find_mount, unmount
+from cachefs.kernel.mount import FSTYPE
+
+from .daemon import MountConfig, StartupError, serve, state_file
+
+log = logging.getLogger("cachefs")
+
+# How long `cachefs mount` waits for the daemon to answer, and `umount` for
+# it to finish writing its state.
+READY_TIMEOUT = 120.0
+EXIT_TIMEOUT = 60.0
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+# --- mount -------------------------------------------------------------------
+
+
+def check_mountpoint(path: str, allow_non_empty: bool) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"mountpoint {path} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise UserError(
+                f"{path} is a cachefs mount whose daemon died; run: cachefs umount {path}"
+            ) from None
+        raise UserError(f"mountpoint {path}: {e.strerror}") from None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"mountpoint {path} is not a directory")
+    mounted = find_mount(path)
+    if mounted is not None:
+        raise UserError(f"{path} is already mounted ({mounted.fstype} from {mounted.source})")
+    if not allow_non_empty and any(os.scandir(path)):
+        raise UserError(f"mountpoint {path} is not empty (use --allow-non-empty to mount over it)")
+
+
+def _setup_logging(level: str, stream: object | None) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(level.upper())
+    if stream is not None:
+        handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    # httpx logs every request at INFO: too much for a daemon's log.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
+
+
+def _log_to_file(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
+    """Serve the mount in this process; report readiness once to `ready_fd`."""
+    import trio
+
+    reported = False
+
+    def ready(error: str | None) -> None:
+        nonlocal reported
+        if reported:
+            return
+        reported = True
+        if ready_fd is None:
+            if error:
+                print(f"cachefs: {error}", file=sys.stderr)
+            else:
+                log.info("mounted %s at %s", config.source, config.mountpoint)
+            return
+        os.write(ready_fd, (f"ERR {error}\n" if error else "OK\n").encode())
+        os.close(ready_fd)
+
+    try:
+        trio.run(serve, config, ready, None if ready_fd is None else _log_to_file)
+    except StartupError as e:
+        ready(str(e))
+        return 1
+    except KeyboardInterrupt:
+        ready("interrupted")
+        return 130
+    except Exception as e:
+        log.exception("daemon failed")
+        ready(f"internal error: {e}")
+        return 1
+    return 0
+
+
+def _daemonize(config: MountConfig) -> int:
+    """Fork the daemon; return once the mount answers or has failed."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        os.setsid()
+        os.umask(0o077)  # cache files hold the user's data: private by default
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os._exit(run_daemon(config, wfd))
+    os.close(wfd)
+    readable, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
+    message = os.read(rfd, 4096).decode(errors="replace").strip() if readable else ""
+    os.close(rfd)
+    if message == "OK":
+        return 0
+    if message.startswith("ERR "):
+        os.waitpid(pid, 0)
+        raise UserError(message[4:])
+    if not readable:
+        raise UserError(f"the daemon (pid {pid}) did not answer within {READY_TIMEOUT:.0f} s")
+    os.waitpid(pid, 0)
+    raise UserError("the daemon exited before the mount was ready (see its log)")
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.realpath(args.mountpoint)
+    check_mountpoint(mountpoint, args.allow_non_empty)
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    try:
+        prepare_dir(cache_dir)
+    except CacheDirError as e:
+        raise UserError(str(e)) from None
+    config = MountConfig(
+        source=args.source,
+        mountpoint=mountpoint,
+        cache_dir=cache_dir.resolve(),
+        metadata_ttl=args.metadata_ttl,
+        proxy=args.proxy,
+        allow_other=args.allow_other,
+    )
+    if args.foreground:
+        os.umask(0o077)
+        _setup_logging(args.log_level, sys.stderr)
+        return run_daemon(config, None)
+    _setup_logging(args.log_level, None)
+    return _daemonize(config)
+
+
+# --- umount ------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.realpath(args.mountpoint)
+    mounted = find_mount(mountpoint)
+    if mounted is None:
+        raise UserError(f"{mountpoint} is not mounted")
+    if mounted.fstype != FSTYPE:
+        raise UserError(f"{mountpoint} is not a cachefs mount (it is {mounted.fstype})")
+    state = state_file(mountpoint)
+    try:
+        pid = json.loads(state.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        pid = None
+    try:
+        unmount(mountpoint, lazy=args.lazy)
+    except MountError as e:
+        if "busy" in str(e).lower():
+            raise UserError(f"{mountpoint} is busy: close the files open in it, or use --lazy") from None
+        raise UserError(str(e)) from None
+    # The daemon sees the unmount, flushes its state and exits: wait for it
+    # so a new mount on the same cache finds everything recorded.
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    while pid is not None and not args.lazy and _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if pid is not None and not _pid_alive(pid):
+        state.unlink(missing_ok=True)
+    return 0
+
+
+# --- entry point -------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cachefs", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount a remote store read-only")
+    m.add_argument("source", help="http(s):// URL of a directory index")
+    m.add_argument("mountpoint")
+    m.add_argument("--cache-dir", help=f"cache directory (default {default_cache_dir()})")
+    m.add_argument("--metadata-ttl", type=_positive_float, default=60.0, metavar="SECONDS",
+                   help="how long listings and attributes are trusted (default 60)")
+    m.add_argument("--proxy", metavar="URL", help="HTTP proxy for all requests")
+    m.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr")
+    m.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    m.add_argument("--allow-non-empty", action="store_true", help="mount over a non-empty directory")
+    m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("umount", help="unmount and wait for the daemon to finish")
+    u.add_argument("mountpoint")
+    u.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    u.set_defaults(func=cmd_umount)
+
+    from . import demo
+
+    d = sub.add_parser("demo", help="serve a built-in tree locally, mount it, read it cold and warm")
+    d.set_defaults(func=demo.cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"cachefs: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The mount daemon: wires remote, cache, filesystem and kernel session.
+
+`serve` runs one mount until it is unmounted (from outside, by `cachefs
+umount`, or on SIGINT/SIGTERM). It reports readiness exactly once through the
+`ready` callback: None once the kernel has finished INIT (the mount answers),
+or a one-line reason why the mount could not be made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from cachefs.cache import Cache, CacheBusy, CacheDirError
+from cachefs.cache.db import CorruptDatabase
+from cachefs.fs import Filesystem
+from cachefs.kernel import MountError, MountOptions, Session, mount, unmount
+from cachefs.remote import NotFound, RemoteError, open_remote
+
+log = logging.getLogger(__name__)
+
+Ready = Callable[[str | None], None]
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    source: str
+    mountpoint: str
+    cache_dir: Path
+    metadata_ttl: float = 60.0
+    proxy: str | None = None
+    allow_other: bool = False
+    passthrough: bool = True
+
+
+class StartupError(Exception):
+    """The mount cannot be made; the message says why, in one line."""
+
+
+def runtime_dir() -> Path:
+    """Where running daemons register themselves (one JSON file per mount)."""
+    if os.geteuid() == 0:
+        return Path("/run/cachefs/mounts")
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/cachefs-{os.getuid()}"
+    return Path(base) / "cachefs" / "mounts"
+
+
+def state_file(mountpoint: str) -> Path:
+    return runtime_dir() / (hashlib.sha256(mountpoint.encode()).hexdigest()[:16] + ".json")
+
+
+async def _check_remote(fs: Filesystem) -> None:
+    # Listing the root through the filesystem both checks the source and
+    # warms the listing the first lookup needs.
+    source = fs.cache.remote.source
+    try:
+        await fs.listings.get("")
+    except NotFound:
+        raise StartupError(f"source {source} not found (HTTP 404)") from None
+    except RemoteError as e:
+        raise StartupError(f"cannot list {source}: {e}") from None
+
+
+async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
+    """Mount and serve until unmounted. Raises StartupError before ready."""
+    try:
+        remote = open_remote(config.source, proxy=config.proxy)
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    try:
+        try:
+            cache = Cache(config.cache_dir, remote)
+        except (CacheBusy, CacheDirError, CorruptDatabase) as e:
+            raise StartupError(str(e)) from None
+        if log_path is not None:
+            log_path(cache.root / "daemon.log")
+        try:
+            await _serve_mounted(config, cache, ready)
+        finally:
+            cache.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await remote.aclose()
+
+
+async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
+    fs = Filesystem(cache, config.metadata_ttl)
+    await _check_remote(fs)
+    try:
+        fd = mount(config.mountpoint, MountOptions(source=config.source, allow_other=config.allow_other))
+    except MountError as e:
+        raise StartupError(str(e)) from None
+    session = Session(fd, fs, want_passthrough=config.passthrough, on_init=lambda _c: ready(None))
+    state = state_file(config.mountpoint)
+    try:
+        _write_state(state, config, cache)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
+            nursery.start_soon(_stop_on_signal, config.mountpoint, session)
+            await session.run()
+            nursery.cancel_scope.cancel()
+    finally:
+        state.unlink(missing_ok=True)
+        os.close(fd)
+    log.info("daemon for %s stopped", config.mountpoint)
+
+
+def _write_state(path: Path, config: MountConfig, cache: Cache) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = {
+        "mountpoint": config.mountpoint,
+        "pid": os.getpid(),
+        "source": config.source,
+        "cache_dir": str(cache.root),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)
+
+
+async def _stop_on_signal(mountpoint: str, session: Session) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
+            try:
+                await trio.to_thread.run_sync(unmount, mountpoint)
+            except MountError:
+                # Busy: detach it now; open files see the end of the session.
+                await trio.to_thread.run_sync(lambda: unmount(mountpoint, lazy=True))
+                session.stop()
+            return

@@ -1,0 +1,196 @@
+"""The read-only filesystem: kernel operations on top of the cache.
+
+Directories come from remote listings (see `listings`); files are cached
+object versions (see `cachefs.cache`). A file not yet complete is opened with
+DIRECT_IO so that every read reaches us and we can fetch what is missing;
+that also keeps its page cache empty, which the passthrough flip needs.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import time
+import logging
+from dataclasses import dataclass
+
+from cachefs.cache import Cache, CachedObject, CacheState
+from cachefs.kernel.ops import Connection, DirEntry, Entry, FuseError, Opened, StatFs
+from cachefs.kernel.wire import Attr, DirentType, OpenFlag
+from cachefs.remote import RemoteError
+
+from .inodes import Inode, InodeTable
+from .listings import Listings
+
+log = logging.getLogger(__name__)
+
+# Chunks fetched ahead of a sequential reader: enough to keep several ranged
+# GETs in flight while the reader consumes the current chunk.
+READAHEAD_CHUNKS = 4
+STATE_XATTR = b"user.cachefs.state"
+
+
+@dataclass(eq=False)
+class FileHandle:
+    inode: Inode
+    obj: CachedObject
+    next_offset: int = 0  # where a sequential reader reads next
+
+
+@dataclass(eq=False)
+class DirHandle:
+    entries: list[DirEntry]
+
+
+class Filesystem:
+    """Implements `cachefs.kernel.ops.Operations` over a cache and a remote."""
+
+    def __init__(self, cache: Cache, metadata_ttl: float) -> None:
+        self.cache = cache
+        self.ttl = metadata_ttl
+        self.listings = Listings(cache.remote, cache.db, metadata_ttl)
+        self.inodes = InodeTable(root_mtime=time.time())
+        self._handles: dict[int, FileHandle] = {}
+        self._dir_handles: dict[int, DirHandle] = {}
+        self._fh = itertools.count(1)
+        self.connection: Connection | None = None
+
+    # --- helpers -------------------------------------------------------------
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise FuseError(errno.ESTALE)
+        return inode
+
+    async def _entries(self, inode: Inode) -> dict:
+        if not inode.is_dir:
+            raise FuseError(errno.ENOTDIR)
+        try:
+            return await self.listings.get(inode.path)
+        except RemoteError as e:
+            log.warning("listing %r: %s", inode.path, e)
+            raise FuseError(e.errno) from e
+
+    # --- kernel operations ---------------------------------------------------
+
+    def init(self, conn: Connection) -> None:
+        self.connection = conn
+
+    def destroy(self) -> None:
+        pass
+
+    async def lookup(self, parent: int, name: bytes) -> Entry:
+        pinode = self._inode(parent)
+        entries = await self._entries(pinode)
+        entry = entries.get(name.decode("utf-8", "surrogateescape"))
+        if entry is None:
+            raise FuseError(errno.ENOENT)
+        inode = self.inodes.for_entry(pinode, entry)
+        inode.nlookup += 1
+        return Entry(inode.attr(), self.ttl, self.ttl)
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        self.inodes.forget(ino, nlookup)
+
+    async def getattr(self, ino: int) -> tuple[Attr, float]:
+        return self._inode(ino).attr(), self.ttl
+
+    async def open(self, ino: int, flags: int) -> Opened:
+        inode = self._inode(ino)
+        if inode.is_dir:
+            raise FuseError(errno.EISDIR)
+        obj = self.cache.acquire(inode.path, inode.version, inode.size, inode.mtime)
+        try:
+            if not obj.complete and obj.nchunks <= 1:
+                # Small files come whole: one request, and later opens are
+                # served from the complete file.
+                await self.cache.fetch_all(obj)
+        except RemoteError as e:
+            self.cache.release(obj)
+            raise FuseError(e.errno) from e
+        except BaseException:
+            self.cache.release(obj)
+            raise
+        fh = next(self._fh)
+        self._handles[fh] = FileHandle(inode, obj)
+        inode.opens += 1
+        return Opened(fh, self._open_flags(obj))
+
+    @staticmethod
+    def _open_flags(obj: CachedObject) -> OpenFlag:
+        # Complete files may use the page cache; partial ones must not, so
+        # every read reaches us to fetch what is missing.
+        return OpenFlag.KEEP_CACHE if obj.complete else OpenFlag.DIRECT_IO
+
+    async def read(self, ino: int, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise FuseError(errno.EBADF)
+        sequential = offset == handle.next_offset
+        handle.next_offset = offset + size
+        try:
+            return await self.cache.read(handle.obj, offset, size, READAHEAD_CHUNKS if sequential else 0)
+        except RemoteError as e:
+            log.warning("reading %r at %d: %s", handle.inode.path, offset, e)
+            raise FuseError(e.errno) from e
+        except OSError as e:
+            raise FuseError(errno.EIO) from e
+
+    async def release(self, ino: int, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        self.cache.release(handle.obj)
+        handle.inode.opens -= 1
+        self.inodes.drop_if_unused(handle.inode)
+
+    async def opendir(self, ino: int) -> int:
+        inode = self._inode(ino)
+        entries = await self._entries(inode)
+        # A snapshot per handle keeps readdir offsets stable while listings refresh.
+        listing = [DirEntry(b".", inode.ino, DirentType.DIR, 1), DirEntry(b"..", inode.ino, DirentType.DIR, 2)]
+        for i, (name, e) in enumerate(sorted(entries.items()), start=3):
+            # The ino here is a hint only (READDIRPLUS does a real lookup);
+            # the kernel ignores it for plain READDIR beyond ls -i output.
+            child = self.inodes.for_entry(inode, e)
+            listing.append(DirEntry(name.encode("utf-8", "surrogateescape"), child.ino,
+                                    DirentType.DIR if e.is_dir else DirentType.REG, i))
+            self.inodes.drop_if_unused(child)
+        fh = next(self._fh)
+        self._dir_handles[fh] = DirHandle(listing)
+        return fh
+
+    async def readdir(self, ino: int, fh: int, offset: int) -> list[DirEntry]:
+        handle = self._dir_handles.get(fh)
+        if handle is None:
+            raise FuseError(errno.EBADF)
+        return handle.entries[offset:]
+
+    async def releasedir(self, ino: int, fh: int) -> None:
+        self._dir_handles.pop(fh, None)
+
+    async def statfs(self) -> StatFs:
+        return StatFs()
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        inode = self._inode(ino)
+        if name != STATE_XATTR or inode.is_dir:
+            raise FuseError(errno.ENODATA)
+        return self._state_text(inode).encode()
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return [] if self._inode(ino).is_dir else [STATE_XATTR]
+
+    def _state_text(self, inode: Inode) -> str:
+        obj = self.cache.peek(inode.path, inode.version)
+        if obj is not None:
+            state, cached = obj.state, obj.bytes_present
+        else:
+            row = self.cache.db.find_object(inode.path, inode.version)
+            cached = row.bytes_cached if row else 0
+            state = CacheState.COMPLETE if row and row.complete else (
+                CacheState.PARTIAL if cached else CacheState.ABSENT)
+        if state is CacheState.PARTIAL:
+            return f"partial {cached}/{inode.size}"
+        return state.value

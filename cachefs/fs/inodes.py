@@ -1,0 +1,87 @@
+"""The inode table: kernel node ids for remote paths, and their lookup counts.
+
+An inode is one version of one path. The kernel holds `nlookup` references
+(from LOOKUP and READDIRPLUS) and drops them with FORGET; open handles hold
+the inode too. When both reach zero the inode is forgotten.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+from dataclasses import dataclass
+
+from cachefs.kernel.wire import ROOT_ID, Attr
+from cachefs.remote import RemoteEntry
+
+FILE_MODE = stat.S_IFREG | 0o444
+DIR_MODE = stat.S_IFDIR | 0o555
+
+
+@dataclass(eq=False)
+class Inode:
+    ino: int
+    path: str  # key in the remote; '' is the root
+    is_dir: bool
+    size: int
+    mtime: float
+    version: str
+    nlookup: int = 0
+    opens: int = 0
+
+    def attr(self) -> Attr:
+        return Attr(
+            ino=self.ino,
+            size=self.size,
+            mode=DIR_MODE if self.is_dir else FILE_MODE,
+            nlink=2 if self.is_dir else 1,
+            mtime=self.mtime,
+            uid=os.getuid(),
+            gid=os.getgid(),
+        )
+
+
+def child_path(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+class InodeTable:
+    """Maps node ids to inodes and (path, version) back to node ids."""
+
+    def __init__(self, root_mtime: float) -> None:
+        self._ids = itertools.count(ROOT_ID + 1)
+        root = Inode(ROOT_ID, "", True, 0, root_mtime, "", nlookup=1)
+        self._by_ino: dict[int, Inode] = {ROOT_ID: root}
+        self._by_path: dict[tuple[str, str], Inode] = {("", ""): root}
+
+    def __len__(self) -> int:
+        return len(self._by_ino)
+
+    def get(self, ino: int) -> Inode | None:
+        return self._by_ino.get(ino)
+
+    def for_entry(self, parent: Inode, entry: RemoteEntry) -> Inode:
+        """The inode of `entry` under `parent`: reused while its version holds."""
+        path = child_path(parent.path, entry.name)
+        version = "" if entry.is_dir else entry.version
+        inode = self._by_path.get((path, version))
+        if inode is None:
+            inode = Inode(next(self._ids), path, entry.is_dir, entry.size, entry.mtime, version)
+            self._by_ino[inode.ino] = inode
+            self._by_path[(path, version)] = inode
+        elif entry.is_dir:
+            inode.mtime = entry.mtime
+        return inode
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        inode = self._by_ino.get(ino)
+        if inode is None or ino == ROOT_ID:
+            return
+        inode.nlookup = max(0, inode.nlookup - nlookup)
+        self.drop_if_unused(inode)
+
+    def drop_if_unused(self, inode: Inode) -> None:
+        if inode.nlookup == 0 and inode.opens == 0 and inode.ino != ROOT_ID:
+            del self._by_ino[inode.ino]
+            self._by_path.pop((inode.path, inode.version), None)

@@ -1,0 +1,84 @@
+"""Directory listings, cached in memory and in SQLite for `metadata_ttl`.
+
+A listing younger than the TTL is used as it is, also after a restart; an
+older one is fetched again. Concurrent look-ups in one directory share one
+fetch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import trio
+
+from cachefs.cache.db import CacheDB
+from cachefs.remote import NotFound, Remote, RemoteEntry, RemoteError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Listing:
+    fetched_at: float
+    entries: dict[str, RemoteEntry]
+
+
+class Listings:
+    """Directory path -> entries, with a TTL and single-flight fetches."""
+
+    def __init__(self, remote: Remote, db: CacheDB, ttl: float) -> None:
+        self._remote = remote
+        self._db = db
+        self.ttl = ttl
+        self._mem: dict[str, Listing] = {}
+        self._inflight: dict[str, trio.Event] = {}
+
+    def _fresh(self, listing: Listing | None) -> bool:
+        return listing is not None and time.time() - listing.fetched_at < self.ttl
+
+    async def get(self, path: str) -> dict[str, RemoteEntry]:
+        """The entries of directory `path`; raises RemoteError (e.g. NotFound)."""
+        while True:
+            listing = self._mem.get(path)
+            if self._fresh(listing):
+                return listing.entries
+            if listing is None:
+                listing = self._load(path)
+                if self._fresh(listing):
+                    return listing.entries
+            pending = self._inflight.get(path)
+            if pending is None:
+                break
+            await pending.wait()
+            if path not in self._mem:
+                # The other fetch failed; try ourselves for an error to raise.
+                break
+        return await self._fetch(path, stale=listing)
+
+    def _load(self, path: str) -> Listing | None:
+        stored = self._db.get_listing(path)
+        if stored is None:
+            return None
+        fetched_at, rows = stored
+        listing = Listing(fetched_at, {r["name"]: RemoteEntry(**r) for r in rows})
+        self._mem[path] = listing
+        return listing
+
+    async def _fetch(self, path: str, stale: Listing | None) -> dict[str, RemoteEntry]:
+        done = self._inflight[path] = trio.Event()
+        try:
+            entries = await self._remote.list_dir(path)
+        except RemoteError as e:
+            if stale is not None and not isinstance(e, NotFound):
+                log.warning("listing %r failed (%s); using the cached listing", path, e)
+                return stale.entries
+            raise
+        finally:
+            del self._inflight[path]
+            done.set()
+        now = time.time()
+        self._mem[path] = Listing(now, {e.name: e for e in entries})
+        await self._db.put_listing(path, now, [dataclasses.asdict(e) for e in entries])
+        return self._mem[path].entries

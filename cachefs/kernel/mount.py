@@ -1,0 +1,154 @@
+"""Mounting and unmounting a FUSE filesystem without libfuse.
+
+As root we open /dev/fuse and call mount(2) with its fd in the options. As an
+unprivileged user we let the setuid fusermount3 helper do the mount; it hands
+the /dev/fuse fd back over a unix socket named by the _FUSE_COMMFD variable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+
+FSTYPE = "fuse.cachefs"
+_MS_RDONLY = 1
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MNT_DETACH = 2
+_S_IFDIR_OCTAL = "40000"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+class MountError(Exception):
+    """Mounting or unmounting failed; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    source: str
+    allow_other: bool = False
+
+
+def _option_string(fd: int, opts: MountOptions) -> str:
+    parts = [
+        f"fd={fd}",
+        f"rootmode={_S_IFDIR_OCTAL}",
+        f"user_id={os.getuid()}",
+        f"group_id={os.getgid()}",
+        # The kernel checks permissions from the modes we report, so the
+        # daemon need not implement ACCESS checks for every request.
+        "default_permissions",
+    ]
+    if opts.allow_other:
+        parts.append("allow_other")
+    return ",".join(parts)
+
+
+def mount(mountpoint: str, opts: MountOptions) -> int:
+    """Mount a new FUSE filesystem at `mountpoint`; return the /dev/fuse fd."""
+    if os.geteuid() == 0:
+        return _mount_as_root(mountpoint, opts)
+    return _mount_with_fusermount(mountpoint, opts)
+
+
+def _mount_as_root(mountpoint: str, opts: MountOptions) -> int:
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    data = _option_string(fd, opts).encode()
+    flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+    rc = _libc.mount(opts.source.encode(), mountpoint.encode(), FSTYPE.encode(), flags, data)
+    if rc != 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise MountError(f"mount {mountpoint}: {os.strerror(err)}")
+    return fd
+
+
+def _mount_with_fusermount(mountpoint: str, opts: MountOptions) -> int:
+    helper = shutil.which("fusermount3")
+    if helper is None:
+        raise MountError("fusermount3 not found: install the fuse3 package (or mount as root)")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        options = ["ro", "nosuid", "nodev", f"fsname={opts.source}", "subtype=cachefs",
+                   "default_permissions"]
+        if opts.allow_other:
+            options.append("allow_other")
+        proc = subprocess.run(
+            [helper, "-o", ",".join(options), "--", mountpoint],
+            env={**os.environ, "_FUSE_COMMFD": str(theirs.fileno())},
+            pass_fds=[theirs.fileno()],
+            capture_output=True,
+            text=True,
+        )
+        theirs.close()
+        if proc.returncode != 0:
+            msg = proc.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
+            raise MountError(f"mount {mountpoint}: {msg[0]}")
+        _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
+        if not fds:
+            raise MountError(f"mount {mountpoint}: fusermount3 passed no file descriptor")
+        os.set_inheritable(fds[0], False)
+        return fds[0]
+    finally:
+        ours.close()
+        if theirs.fileno() != -1:
+            theirs.close()
+
+
+def unmount(mountpoint: str, *, lazy: bool = False) -> None:
+    """Unmount; `lazy` detaches it even while files are still open."""
+    if os.geteuid() == 0:
+        rc = _libc.umount2(mountpoint.encode(), _MNT_DETACH if lazy else 0)
+        if rc != 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:
+                raise MountError(f"{mountpoint} is not mounted")
+            raise MountError(f"unmount {mountpoint}: {os.strerror(err)}")
+        return
+    helper = shutil.which("fusermount3")
+    if helper is None:
+        raise MountError("fusermount3 not found: install the fuse3 package")
+    args = [helper, "-u"] + (["-z"] if lazy else []) + ["--", mountpoint]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise MountError(proc.stderr.strip() or f"unmount {mountpoint} failed")
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    source: str
+    mountpoint: str
+    fstype: str
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and len(field[i + 1 : i + 4]) == 3 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def find_mount(mountpoint: str) -> MountInfo | None:
+    """The mount whose mountpoint is exactly `mountpoint`, if any (last wins)."""
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = _unescape(left.split()[4])
+            fstype, source = right.split()[:2]
+            if point == mountpoint:
+                found = MountInfo(_unescape(source), point, fstype)
+    return found

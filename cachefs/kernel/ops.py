@@ -1,0 +1,108 @@
+"""What the kernel session asks of a filesystem, in Python terms.
+
+`cachefs.kernel.session` decodes requests into calls on an `Operations`
+object and encodes what it returns; a filesystem never sees bytes of the wire
+format. Raising `FuseError(errno)` answers a request with that error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .wire import Attr, DirentType, OpenFlag
+
+
+class FuseError(Exception):
+    """Answer the current request with this errno."""
+
+    def __init__(self, errno: int, message: str = "") -> None:
+        super().__init__(errno, message)
+        self.errno = errno
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A LOOKUP result: the kernel takes one reference on `attr.ino`."""
+
+    attr: Attr
+    entry_ttl: float
+    attr_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An OPEN result."""
+
+    fh: int
+    flags: OpenFlag = OpenFlag(0)
+    backing_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One directory entry; `offset` is the cookie that resumes after it."""
+
+    name: bytes
+    ino: int
+    dtype: DirentType
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    blocks: int = 0
+    bfree: int = 0
+    bavail: int = 0
+    files: int = 0
+    ffree: int = 0
+    bsize: int = 4096
+    namelen: int = 255
+    frsize: int = 4096
+
+
+@dataclass
+class Connection:
+    """What INIT negotiated, handed to the filesystem once."""
+
+    major: int
+    minor: int
+    flags: int
+    max_readahead: int
+    max_pages: int
+    passthrough: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Operations(Protocol):
+    """A read-only filesystem. Every request runs in its own trio task."""
+
+    def init(self, conn: Connection) -> None: ...
+
+    async def lookup(self, parent: int, name: bytes) -> Entry: ...
+
+    def forget(self, ino: int, nlookup: int) -> None: ...
+
+    async def getattr(self, ino: int) -> tuple[Attr, float]: ...
+
+    async def open(self, ino: int, flags: int) -> Opened: ...
+
+    async def read(self, ino: int, fh: int, offset: int, size: int) -> bytes: ...
+
+    async def release(self, ino: int, fh: int) -> None: ...
+
+    async def opendir(self, ino: int) -> int: ...
+
+    async def readdir(self, ino: int, fh: int, offset: int) -> list[DirEntry]:
+        """Entries after cookie `offset` (0 = from the start), '.' and '..' included."""
+        ...
+
+    async def releasedir(self, ino: int, fh: int) -> None: ...
+
+    async def statfs(self) -> StatFs: ...
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes: ...
+
+    async def listxattr(self, ino: int) -> list[bytes]: ...
+
+    def destroy(self) -> None: ...

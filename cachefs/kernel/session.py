@@ -1,0 +1,353 @@
+"""A FUSE session on trio: read requests from /dev/fuse, answer them.
+
+One task reads the device; every request then runs in its own task in the
+session's nursery, so a slow cold read never holds up a getattr or a read of
+another file. INTERRUPT cancels the task of the request it names. The session
+ends when the filesystem is unmounted (the device read fails with ENODEV) or
+when `stop()` is called.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from . import wire
+from .ops import Connection, DirEntry, Entry, FuseError, Operations
+from .wire import InitFlag, InHeader, Opcode
+
+log = logging.getLogger(__name__)
+
+MAX_PAGES = 256  # fs.fuse.max_pages_limit on these kernels: 1 MiB requests
+PAGE_SIZE = 4096
+MAX_WRITE = 128 * 1024  # we never take writes; the kernel still wants a value
+# The read buffer must hold the largest request the kernel may send.
+READ_BUFFER = MAX_PAGES * PAGE_SIZE + 64 * 1024
+MAX_BACKGROUND = 64
+CONGESTION_THRESHOLD = 48
+
+_WANTED_FLAGS = (
+    InitFlag.ASYNC_READ
+    | InitFlag.DO_READDIRPLUS
+    | InitFlag.READDIRPLUS_AUTO
+    | InitFlag.PARALLEL_DIROPS
+    | InitFlag.MAX_PAGES
+    | InitFlag.ASYNC_DIO
+    | InitFlag.AUTO_INVAL_DATA
+    | InitFlag.INIT_EXT
+    | InitFlag.DIRECT_IO_ALLOW_MMAP
+)
+
+# A direntplus entry for '.' and '..' carries no attributes: nodeid 0 tells
+# the kernel not to take a reference.
+_EMPTY_ENTRY = bytes(wire.ENTRY_OUT.size + wire.ATTR.size)
+
+
+class Session:
+    """Serves one mounted FUSE connection with an `Operations` object."""
+
+    def __init__(
+        self,
+        fd: int,
+        ops: Operations,
+        *,
+        want_passthrough: bool = False,
+        max_stack_depth: int = 1,
+        on_init: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.fd = fd
+        self.ops = ops
+        self._want_passthrough = want_passthrough
+        self._max_stack_depth = max_stack_depth
+        self._on_init = on_init
+        self._inflight: dict[int, trio.CancelScope] = {}
+        self._stopped = False
+        self._cancel = trio.CancelScope()
+        self.connection: Connection | None = None
+        self._handlers: dict[int, Callable[[InHeader, memoryview], Awaitable[list[bytes]]]] = {
+            Opcode.LOOKUP: self._lookup,
+            Opcode.GETATTR: self._getattr,
+            Opcode.OPEN: self._open,
+            Opcode.READ: self._read,
+            Opcode.RELEASE: self._release,
+            Opcode.FLUSH: self._ok,
+            Opcode.OPENDIR: self._opendir,
+            Opcode.READDIR: self._readdir,
+            Opcode.READDIRPLUS: self._readdirplus,
+            Opcode.RELEASEDIR: self._releasedir,
+            Opcode.STATFS: self._statfs,
+            Opcode.GETXATTR: self._getxattr,
+            Opcode.LISTXATTR: self._listxattr,
+            Opcode.ACCESS: self._access,
+        }
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until unmounted or stopped."""
+        os.set_blocking(self.fd, False)
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                await self._read_loop(nursery)
+                nursery.cancel_scope.cancel()
+        log.debug("session ended")
+
+    def stop(self) -> None:
+        """End the session: in-flight requests are cancelled."""
+        self._stopped = True
+        self._cancel.cancel()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        while not self._stopped:
+            try:
+                buf = os.read(self.fd, READ_BUFFER)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.fd)
+                continue
+            except OSError as e:
+                if e.errno == errno.ENODEV:
+                    log.info("filesystem unmounted")
+                    return
+                if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
+                    continue
+                raise
+            self._dispatch(nursery, buf)
+            await trio.lowlevel.checkpoint()
+
+    # --- dispatch ------------------------------------------------------------
+
+    def _dispatch(self, nursery: trio.Nursery, buf: bytes) -> None:
+        hdr = InHeader.parse(buf)
+        body = memoryview(buf)[wire.IN_HEADER.size : hdr.length]
+        op = hdr.opcode
+        if op == Opcode.FORGET:
+            (nlookup,) = wire.FORGET_IN.unpack_from(body)
+            self.ops.forget(hdr.nodeid, nlookup)
+        elif op == Opcode.BATCH_FORGET:
+            count, _ = wire.BATCH_FORGET_IN.unpack_from(body)
+            for i in range(count):
+                nodeid, nlookup = wire.FORGET_ONE.unpack_from(
+                    body, wire.BATCH_FORGET_IN.size + i * wire.FORGET_ONE.size
+                )
+                self.ops.forget(nodeid, nlookup)
+        elif op == Opcode.INTERRUPT:
+            (target,) = wire.INTERRUPT_IN.unpack_from(body)
+            scope = self._inflight.get(target)
+            if scope is not None:
+                scope.cancel()
+        elif op == Opcode.INIT:
+            self._init(hdr, body)
+        elif op == Opcode.DESTROY:
+            self.ops.destroy()
+            self._reply(hdr.unique, [])
+            self._stopped = True
+        elif op in self._handlers:
+            nursery.start_soon(self._run_request, hdr, body)
+        elif op in wire.MODIFYING_OPS:
+            self._reply_error(hdr.unique, errno.EROFS)
+        else:
+            self._reply_error(hdr.unique, errno.ENOSYS)
+
+    async def _run_request(self, hdr: InHeader, body: memoryview) -> None:
+        handler = self._handlers[hdr.opcode]
+        with trio.CancelScope() as scope:
+            self._inflight[hdr.unique] = scope
+            try:
+                reply = await handler(hdr, body)
+            except FuseError as e:
+                self._reply_error(hdr.unique, e.errno)
+                return
+            except Exception:
+                log.exception("%s on inode %d failed", Opcode(hdr.opcode).name, hdr.nodeid)
+                self._reply_error(hdr.unique, errno.EIO)
+                return
+            finally:
+                del self._inflight[hdr.unique]
+            self._reply(hdr.unique, reply)
+        if scope.cancelled_caught:
+            self._reply_error(hdr.unique, errno.EINTR)
+
+    # --- replies -------------------------------------------------------------
+
+    def _write(self, parts: list[bytes]) -> None:
+        try:
+            os.writev(self.fd, parts)
+        except OSError as e:
+            # ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
+
+    def _reply(self, unique: int, body: list[bytes]) -> None:
+        length = sum(len(b) for b in body)
+        self._write([wire.reply_header(unique, 0, length), *body])
+
+    def _reply_error(self, unique: int, err: int) -> None:
+        self._write([wire.reply_header(unique, -err, 0)])
+
+    # --- INIT ----------------------------------------------------------------
+
+    def _init(self, hdr: InHeader, body: memoryview) -> None:
+        major, minor, max_readahead, flags = wire.INIT_IN.unpack_from(body)
+        if major < wire.KERNEL_VERSION:
+            log.error("kernel FUSE protocol %d.%d is too old", major, minor)
+            self._reply_error(hdr.unique, errno.EPROTO)
+            return
+        if major > wire.KERNEL_VERSION:
+            # The kernel retries INIT with our major version.
+            self._reply(hdr.unique, [wire.INIT_OUT.pack(wire.KERNEL_VERSION, wire.KERNEL_MINOR_VERSION, *([0] * 11))])
+            return
+        if flags & InitFlag.INIT_EXT and len(body) >= wire.INIT_IN.size + wire.INIT_IN_FLAGS2.size:
+            (flags2,) = wire.INIT_IN_FLAGS2.unpack_from(body, wire.INIT_IN.size)
+            flags |= flags2 << 32
+        wanted = _WANTED_FLAGS | (InitFlag.PASSTHROUGH if self._want_passthrough else 0)
+        granted = int(wanted) & flags
+        passthrough = bool(granted & InitFlag.PASSTHROUGH)
+        out = wire.INIT_OUT.pack(
+            wire.KERNEL_VERSION,
+            min(minor, wire.KERNEL_MINOR_VERSION),
+            max_readahead,
+            granted & 0xFFFFFFFF,
+            MAX_BACKGROUND,
+            CONGESTION_THRESHOLD,
+            MAX_WRITE,
+            1,  # time_gran: nanosecond timestamps
+            MAX_PAGES,
+            0,  # map_alignment
+            granted >> 32,
+            self._max_stack_depth if passthrough else 0,
+            0,  # request_timeout: none
+        )
+        self._reply(hdr.unique, [out])
+        self.connection = Connection(
+            major=major, minor=minor, flags=granted, max_readahead=max_readahead,
+            max_pages=MAX_PAGES, passthrough=passthrough,
+        )
+        log.debug("INIT: kernel %d.%d, granted flags %#x", major, minor, granted)
+        self.ops.init(self.connection)
+        if self._on_init is not None:
+            self._on_init(self.connection)
+
+    # --- passthrough backing files -------------------------------------------
+
+    def backing_open(self, fd: int) -> int:
+        """Register `fd` with the kernel as a backing file; returns its id."""
+        return fcntl.ioctl(self.fd, wire.FUSE_DEV_IOC_BACKING_OPEN, wire.BACKING_MAP.pack(fd, 0, 0))
+
+    def backing_close(self, backing_id: int) -> None:
+        fcntl.ioctl(self.fd, wire.FUSE_DEV_IOC_BACKING_CLOSE, wire.struct.pack("<I", backing_id))
+
+    # --- request handlers ----------------------------------------------------
+
+    @staticmethod
+    def _name(body: memoryview) -> bytes:
+        raw = bytes(body)
+        return raw[: raw.index(b"\0")] if b"\0" in raw else raw
+
+    async def _ok(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        return []
+
+    async def _lookup(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        entry = await self.ops.lookup(hdr.nodeid, self._name(body))
+        return [self._pack_entry(entry)]
+
+    @staticmethod
+    def _pack_entry(entry: Entry) -> bytes:
+        return wire.pack_entry(entry.attr.ino, entry.attr, entry.entry_ttl, entry.attr_ttl)
+
+    async def _getattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        attr, ttl = await self.ops.getattr(hdr.nodeid)
+        return [wire.pack_attr_out(attr, ttl)]
+
+    async def _open(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        flags, _ = wire.OPEN_IN.unpack_from(body)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise FuseError(errno.EROFS)
+        opened = await self.ops.open(hdr.nodeid, flags)
+        return [wire.OPEN_OUT.pack(opened.fh, int(opened.flags), opened.backing_id)]
+
+    async def _read(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
+        return [await self.ops.read(hdr.nodeid, fh, offset, size)]
+
+    async def _release(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        fh, *_ = wire.RELEASE_IN.unpack_from(body)
+        await self.ops.release(hdr.nodeid, fh)
+        return []
+
+    async def _opendir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        fh = await self.ops.opendir(hdr.nodeid)
+        return [wire.OPEN_OUT.pack(fh, 0, 0)]
+
+    async def _releasedir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        fh, *_ = wire.RELEASE_IN.unpack_from(body)
+        await self.ops.releasedir(hdr.nodeid, fh)
+        return []
+
+    async def _readdir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
+        out, used = [], 0
+        for e in await self.ops.readdir(hdr.nodeid, fh, offset):
+            packed = wire.pack_dirent(e.ino, e.offset, e.dtype, e.name)
+            if used + len(packed) > size:
+                break
+            out.append(packed)
+            used += len(packed)
+        return out
+
+    async def _readdirplus(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
+        out, used = [], 0
+        for e in await self.ops.readdir(hdr.nodeid, fh, offset):
+            need = len(_EMPTY_ENTRY) + wire.align8(wire.DIRENT.size + len(e.name))
+            if used + need > size:
+                break
+            # Each entry we return with a nodeid counts as a lookup, so look
+            # up only what fits.
+            entry_bytes = await self._plus_entry(hdr.nodeid, e)
+            if entry_bytes is None:
+                continue
+            out.append(wire.pack_direntplus(entry_bytes, e.ino, e.offset, e.dtype, e.name))
+            used += need
+        return out
+
+    async def _plus_entry(self, parent: int, e: DirEntry) -> bytes | None:
+        if e.name in (b".", b".."):
+            return _EMPTY_ENTRY
+        try:
+            return self._pack_entry(await self.ops.lookup(parent, e.name))
+        except FuseError:
+            return None  # vanished since the listing; leave it out
+
+    async def _statfs(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        s = await self.ops.statfs()
+        return [wire.KSTATFS.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)]
+
+    async def _getxattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        size, _ = wire.GETXATTR_IN.unpack_from(body)
+        value = await self.ops.getxattr(hdr.nodeid, self._name(body[wire.GETXATTR_IN.size :]))
+        return self._sized(size, value)
+
+    async def _listxattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        size, _ = wire.GETXATTR_IN.unpack_from(body)
+        names = await self.ops.listxattr(hdr.nodeid)
+        return self._sized(size, b"".join(n + b"\0" for n in names))
+
+    @staticmethod
+    def _sized(size: int, value: bytes) -> list[bytes]:
+        # size 0 asks only how big the value is.
+        if size == 0:
+            return [wire.GETXATTR_OUT.pack(len(value), 0)]
+        if size < len(value):
+            raise FuseError(errno.ERANGE)
+        return [value]
+
+    async def _access(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        mask, _ = wire.ACCESS_IN.unpack_from(body)
+        if mask & os.W_OK:
+            raise FuseError(errno.EROFS)
+        return []

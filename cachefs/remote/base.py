@@ -1,0 +1,93 @@
+"""The interface every remote store implements, and the errors it raises.
+
+The cache and filesystem layers see a remote only through `Remote`: list a
+directory, stat one object, and stream a byte range of one object version.
+Paths are relative keys with '/' separators and no leading slash; the root
+directory is the empty string.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One name in a remote directory, or the result of a stat."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+    # Identifies the object version: the ETag when the store gives one, else
+    # derived from size and mtime. A different version means different bytes.
+    version: str = ""
+
+
+class RemoteError(Exception):
+    """A remote operation failed; `errno` is what a reader should see."""
+
+    errno: int = errno.EIO
+
+
+class NotFound(RemoteError):
+    errno = errno.ENOENT
+
+
+class AccessDenied(RemoteError):
+    errno = errno.EACCES
+
+
+class Unreachable(RemoteError):
+    """Connecting failed, or the server kept failing after retries."""
+
+    errno = errno.EIO
+
+
+class VersionChanged(RemoteError):
+    """The object no longer matches the version being read."""
+
+    errno = errno.EIO
+
+
+class BadResponse(RemoteError):
+    """The server answered something we cannot trust (wrong range, length...)."""
+
+    errno = errno.EIO
+
+
+class Remote(Protocol):
+    """A read-only object store."""
+
+    #: Human-readable identity of the store, e.g. the base URL.
+    source: str
+
+    async def list_dir(self, path: str) -> list[RemoteEntry]:
+        """Entries directly under directory `path` ('' is the root).
+
+        Raises NotFound when the directory does not exist. Names that cannot be
+        file names are skipped (and logged) by the implementation.
+        """
+        ...
+
+    async def stat(self, path: str) -> RemoteEntry:
+        """Size, mtime and version of the object at `path`."""
+        ...
+
+    def read_range(
+        self, path: str, start: int, end: int, version: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream bytes [start, end) of `path`.
+
+        Used as `async with remote.read_range(...) as chunks: async for b in
+        chunks`. Yields exactly end-start bytes in order, or raises. Raises
+        VersionChanged when the server reports a version other than `version`
+        (when `version` is non-empty and the server reports one).
+        """
+        ...
+
+    async def aclose(self) -> None: ...
