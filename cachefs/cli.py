@@ -168,13 +168,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether `pid` still runs. A zombie has finished: the daemon was
+    re-parented when `cachefs mount` exited, and its new parent may be slow
+    to reap it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # The state letter follows the command name in parentheses.
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from .objects import CachedObject
 log = logging.getLogger(__name__)
 
 # How long to gather chunks before a flush: a few chunks of a fast download.
-BATCH_SECONDS = 0.05
+BATCH_SECONDS = 0.1
 
 
 class Journal:
