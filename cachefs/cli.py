@@ -19,7 +19,7 @@ from pathlib import Path
 from cachefs.cache import CacheDirError, default_cache_dir
 from cachefs.cache.store import prepare_dir
 from cachefs.kernel import MountError, find_mount, unmount
-from cachefs.kernel.mount import FSTYPE
+from cachefs.kernel.mounting import FSTYPE
 
 from .daemon import MountConfig, StartupError, serve, state_file
 

@@ -1,6 +1,6 @@
 """The FUSE kernel protocol, spoken directly over /dev/fuse on trio (no libfuse)."""
 
-from .mount import MountError, MountOptions, find_mount, mount, unmount
+from .mounting import MountError, MountOptions, find_mount, mount, unmount
 from .ops import Connection, DirEntry, Entry, FuseError, Opened, Operations, StatFs
 from .session import Session
 
