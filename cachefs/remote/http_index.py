@@ -1,0 +1,399 @@
+"""A remote backed by a plain HTTP server that serves directory indexes.
+
+Directories are read from the server's index pages (see `listing`), objects
+are described by HEAD and read with single-range GETs. Works with nginx
+autoindex (HTML or JSON) and Apache mod_autoindex, through an optional proxy.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import quote, unquote
+
+import httpx
+import trio
+
+from .base import (
+    AccessDenied,
+    BadResponse,
+    NotFound,
+    RemoteEntry,
+    RemoteError,
+    Unreachable,
+    VersionChanged,
+)
+from .listing import ListedEntry, Listing, NotAListing, parse_http_date, parse_listing
+from .names import valid_name
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 16
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 30.0
+# Each try waits BACKOFF_BASE_S * 2**n before the next: 0.1 s, then 0.2 s.
+ATTEMPTS = 3
+BACKOFF_BASE_S = 0.1
+# 5xx answers that usually mean "try again shortly" (overload, restarts).
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# HEAD requests one listing may have in flight, to find exact sizes.
+HEAD_CONCURRENCY = 8
+
+SECONDS_PER_MINUTE = 60
+# Time zone offsets are whole quarter hours and at most 14 hours.
+ZONE_STEP_S = 15 * SECONDS_PER_MINUTE
+MAX_ZONE_OFFSET_S = 14 * 3600
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def make_version(size: int, mtime: float) -> str:
+    """The version of an object of `size` bytes last modified at `mtime`.
+
+    nginx's HTML index shows times to the minute only, and list_dir must give
+    the same version as stat (which sees Last-Modified to the second), so the
+    version keeps only the minute. The ETag would be sharper, but no index
+    page shows it. The cost: a rewrite that keeps the size and lands in the
+    same minute goes unnoticed.
+    """
+    return f"{size}-{int(mtime) // SECONDS_PER_MINUTE}"
+
+
+def _parse_version(version: str) -> tuple[int, int] | None:
+    size, sep, minute = version.partition("-")
+    if not sep or not size.isdigit() or not minute.lstrip("-").isdigit():
+        return None
+    return int(size), int(minute)
+
+
+class HttpIndexRemote:
+    """A read-only store at an HTTP base URL ending in '/'."""
+
+    def __init__(self, base_url: str, *, proxy: str | None = None) -> None:
+        if not base_url.endswith("/"):
+            base_url += "/"
+        self.source = base_url
+        # An explicit proxy is used for every host, loopback included (httpx
+        # maps it to "all://"); without one, trust_env applies the usual
+        # HTTP(S)_PROXY / NO_PROXY variables.
+        self._client = httpx.AsyncClient(
+            proxy=proxy,
+            trust_env=True,
+            # Raw bytes must be the object's bytes: no content coding.
+            headers={"Accept-Encoding": "identity"},
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+            ),
+            # No pool timeout: a request waiting for a free connection waits
+            # for transfers that have their own read timeouts.
+            timeout=httpx.Timeout(
+                connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S, write=READ_TIMEOUT_S, pool=None
+            ),
+        )
+        self._head_limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
+        self._warned_names: set[tuple[str, str]] = set()
+
+    async def __aenter__(self) -> HttpIndexRemote:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ------------------------------------------------------------ listing
+
+    async def list_dir(self, path: str) -> list[RemoteEntry]:
+        url = self._url(path, directory=True)
+        response = await self._send("GET", url, follow_redirects=True)
+        if response.status_code != 200:
+            _raise_for_status(response, url)
+        try:
+            listing = parse_listing(
+                response.content, response.headers.get("content-type"), str(response.url)
+            )
+        except NotAListing as exc:
+            raise BadResponse(f"{url}: {exc}") from None
+        self._warn_rejected(path, listing.rejected)
+
+        heads = await self._stat_many(path, _names_to_head(listing))
+        offset = 0 if listing.times_are_exact else _zone_offset(listing.entries, heads)
+        entries = []
+        for item in listing.entries:
+            if item.name in heads:
+                entries.append(heads[item.name])
+            elif item.is_dir or item.size is not None:
+                entries.append(_entry_from_listing(item, offset))
+            # else: HEAD said it is gone since the listing; leave it out.
+        return entries
+
+    def _warn_rejected(self, path: str, rejected: list[str]) -> None:
+        for raw in rejected:
+            if (path, raw) not in self._warned_names:
+                self._warned_names.add((path, raw))
+                log.warning("%s: skipping unusable name %r in /%s", self.source, raw, path)
+
+    async def _stat_many(self, directory: str, names: list[str]) -> dict[str, RemoteEntry]:
+        """stat() each name concurrently; names that vanished are left out."""
+        found: dict[str, RemoteEntry] = {}
+        failures: list[RemoteError] = []
+
+        async def stat_one(name: str) -> None:
+            async with self._head_limiter:
+                try:
+                    found[name] = await self.stat(_join(directory, name))
+                except NotFound:
+                    pass
+                except RemoteError as exc:
+                    failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(stat_one, name)
+        if failures:
+            raise failures[0]
+        return found
+
+    # --------------------------------------------------------------- stat
+
+    async def stat(self, path: str) -> RemoteEntry:
+        name = path.rsplit("/", 1)[-1]
+        if not path:
+            await self._head_directory(self.source)
+            return RemoteEntry(name="", is_dir=True)
+        url = self._url(path)
+        response = await self._send("HEAD", url, follow_redirects=False)
+        if response.is_redirect and response.next_request is not None:
+            target = response.next_request.url
+            if unquote(target.path) == unquote(httpx.URL(url + "/").path):
+                return RemoteEntry(name=name, is_dir=True)
+            # A file served from elsewhere (a mirror, a CDN): ask there.
+            response = await self._send("HEAD", str(target), follow_redirects=True)
+        elif response.status_code == 404:
+            # Some servers only know a directory by its URL with the slash.
+            await self._head_directory(url + "/")
+            return RemoteEntry(name=name, is_dir=True)
+        if response.status_code != 200:
+            _raise_for_status(response, url)
+        if response.url.path.endswith("/"):
+            return RemoteEntry(name=name, is_dir=True)
+        return _entry_from_head(name, response, url)
+
+    async def _head_directory(self, url: str) -> None:
+        response = await self._send("HEAD", url, follow_redirects=True)
+        if response.status_code != 200:
+            _raise_for_status(response, url)
+
+    # --------------------------------------------------------------- read
+
+    @asynccontextmanager
+    async def read_range(
+        self, path: str, start: int, end: int, version: str
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        if not 0 <= start <= end:
+            raise ValueError(f"bad range [{start}, {end})")
+        if start == end:
+            yield _empty_body()
+            return
+        url = self._url(path)
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        response = await self._send(
+            "GET", url, headers=headers, stream=True, follow_redirects=True
+        )
+        body = None
+        try:
+            self._check_range_response(response, url, start, end, version)
+            body = _ExactBody(response, end - start, url)
+            yield body
+        finally:
+            if body is not None:
+                await body.aclose()
+            await response.aclose()
+
+    def _check_range_response(
+        self, response: httpx.Response, url: str, start: int, end: int, version: str
+    ) -> None:
+        status = response.status_code
+        if status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            if match is None:
+                raise BadResponse(f"{url}: 206 without a usable Content-Range")
+            first, last, total = match.groups()
+            if (int(first), int(last) + 1) != (start, end):
+                raise BadResponse(f"{url}: asked for {start}-{end - 1}, got {first}-{last}")
+            total_size = None if total == "*" else int(total)
+        elif status == 200:
+            # The server ignored Range; fine only if the body is exactly the range.
+            length = response.headers.get("content-length")
+            if start != 0 or length is None or int(length) != end:
+                raise BadResponse(f"{url}: server ignored the Range header")
+            total_size = end
+        elif status == 416 and version:
+            raise VersionChanged(f"{url}: range {start}-{end - 1} no longer exists")
+        else:
+            _raise_for_status(response, url)
+        coding = response.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):
+            raise BadResponse(f"{url}: unrequested Content-Encoding {coding!r}")
+        _check_version(version, total_size, response.headers.get("last-modified"), url)
+
+    # ------------------------------------------------------------ helpers
+
+    def _url(self, path: str, *, directory: bool = False) -> str:
+        if not path:
+            return self.source
+        parts = path.split("/")
+        if any(valid_name(part) is None for part in parts):
+            raise NotFound(f"{self.source}: invalid path {path!r}")
+        url = self.source + "/".join(quote(part, safe="") for part in parts)
+        return url + "/" if directory else url
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        follow_redirects: bool,
+    ) -> httpx.Response:
+        """Send with bounded retries of transport errors and transient 5xx."""
+        request = self._client.build_request(method, url, headers=headers)
+        failure = ""
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                await trio.sleep(BACKOFF_BASE_S * 2 ** (attempt - 1))
+            try:
+                response = await self._client.send(
+                    request, stream=stream, follow_redirects=follow_redirects
+                )
+            except httpx.UnsupportedProtocol as exc:
+                raise Unreachable(f"{method} {url}: {exc}") from None
+            except httpx.TransportError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code not in RETRY_STATUSES:
+                return response
+            failure = f"HTTP {response.status_code}"
+            await response.aclose()
+        raise Unreachable(f"{method} {url}: {failure} (after {ATTEMPTS} attempts)")
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
+
+
+def _names_to_head(listing: Listing) -> list[str]:
+    """Files the listing does not describe exactly, plus one to learn its clock.
+
+    HTML indexes print times in the server's display zone (Apache: local
+    time; nginx with autoindex_localtime), so one HEAD of a file tells us the
+    offset to Last-Modified, which is always GMT.
+    """
+    files = [e for e in listing.entries if not e.is_dir]
+    names = [e.name for e in files if e.size is None or e.mtime is None]
+    if not listing.times_are_exact and not names:
+        names = [e.name for e in files[:1]]
+    return names
+
+
+def _zone_offset(entries: list[ListedEntry], heads: dict[str, RemoteEntry]) -> int:
+    """Seconds to add to the page's times to make them UTC (0 if unknown)."""
+    for item in entries:
+        head = heads.get(item.name)
+        if head is None or head.is_dir or item.mtime is None:
+            continue
+        shown_minute = int(item.mtime) // SECONDS_PER_MINUTE * SECONDS_PER_MINUTE
+        true_minute = int(head.mtime) // SECONDS_PER_MINUTE * SECONDS_PER_MINUTE
+        offset = true_minute - shown_minute
+        # Anything else means the file changed between the two requests.
+        if offset % ZONE_STEP_S == 0 and abs(offset) <= MAX_ZONE_OFFSET_S:
+            return offset
+    return 0
+
+
+def _entry_from_listing(item: ListedEntry, offset: int) -> RemoteEntry:
+    mtime = item.mtime + offset if item.mtime is not None else 0.0
+    if item.is_dir:
+        return RemoteEntry(name=item.name, is_dir=True, mtime=mtime)
+    size = item.size or 0
+    return RemoteEntry(item.name, False, size, mtime, make_version(size, mtime))
+
+
+def _entry_from_head(name: str, response: httpx.Response, url: str) -> RemoteEntry:
+    length = response.headers.get("content-length", "")
+    if not length.isdigit():
+        raise BadResponse(f"{url}: HEAD gave no Content-Length")
+    size = int(length)
+    mtime = parse_http_date(response.headers.get("last-modified")) or 0.0
+    return RemoteEntry(name, False, size, mtime, make_version(size, mtime))
+
+
+def _check_version(version: str, total: int | None, last_modified: str | None, url: str) -> None:
+    """Raise VersionChanged if what the server reports contradicts `version`."""
+    if not version:
+        return
+    expected = _parse_version(version)
+    if expected is None:
+        raise VersionChanged(f"{url}: version {version!r} is not one of ours")
+    size, minute = expected
+    if total is not None and total != size:
+        raise VersionChanged(f"{url}: size is now {total}, expected {size}")
+    mtime = parse_http_date(last_modified)
+    if mtime is not None and int(mtime) // SECONDS_PER_MINUTE != minute:
+        raise VersionChanged(f"{url}: modified at {last_modified}")
+
+
+def _raise_for_status(response: httpx.Response, url: str) -> None:
+    code = response.status_code
+    if code in (404, 410):
+        raise NotFound(f"{url}: HTTP {code}")
+    if code in (401, 403):
+        raise AccessDenied(f"{url}: HTTP {code}")
+    if code >= 500:
+        raise Unreachable(f"{url}: HTTP {code}")
+    raise BadResponse(f"{url}: unexpected HTTP {code}")
+
+
+async def _empty_body() -> AsyncIterator[bytes]:
+    for chunk in ():
+        yield chunk
+
+
+class _ExactBody:
+    """The body of a range response, checked to be exactly `expected` bytes.
+
+    Chunks are passed on as httpx hands them over (up to 64 KiB each), never
+    joined or re-sliced: aiter_raw(chunk_size=1 MiB) measured slower, since
+    it joins small reads into a new buffer.
+    """
+
+    def __init__(self, response: httpx.Response, expected: int, url: str) -> None:
+        self._chunks = response.aiter_raw()
+        self._remaining = expected
+        self._url = url
+
+    def __aiter__(self) -> _ExactBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            if self._remaining:
+                raise BadResponse(f"{self._url}: body {self._remaining} bytes short") from None
+            raise
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"{self._url}: {type(exc).__name__} during body") from None
+        except httpx.TransportError as exc:
+            raise BadResponse(f"{self._url}: body cut short: {exc}") from None
+        self._remaining -= len(chunk)
+        if self._remaining < 0:
+            raise BadResponse(f"{self._url}: body longer than the requested range")
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
