@@ -155,6 +155,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         metadata_ttl=args.metadata_ttl,
         proxy=args.proxy,
         allow_other=args.allow_other,
+        passthrough=not args.no_passthrough,
     )
     if args.foreground:
         os.umask(0o077)
@@ -233,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--proxy", metavar="URL", help="HTTP proxy for all requests")
     m.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr")
     m.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    m.add_argument("--no-passthrough", action="store_true",
+                   help="serve complete files from the daemon (page cache) instead of the kernel")
     m.add_argument("--allow-non-empty", action="store_true", help="mount over a non-empty directory")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     m.set_defaults(func=cmd_mount)

@@ -92,7 +92,7 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
 
 
 async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
-    fs = Filesystem(cache, config.metadata_ttl)
+    fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
     await _check_remote(fs)
     try:
         fd = mount(config.mountpoint, MountOptions(source=config.source, allow_other=config.allow_other))

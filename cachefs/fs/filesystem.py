@@ -3,24 +3,30 @@
 Directories come from remote listings (see `listings`); files are cached
 object versions (see `cachefs.cache`). A file not yet complete is opened with
 DIRECT_IO so that every read reaches us and we can fetch what is missing;
-that also keeps its page cache empty, which the passthrough flip needs.
+that also keeps its page cache empty, which the passthrough flip needs. How
+each open is answered is decided in `openmode`.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
-import time
+import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 from cachefs.cache import Cache, CachedObject, CacheState
 from cachefs.kernel.ops import Connection, DirEntry, Entry, FuseError, Opened, StatFs
-from cachefs.kernel.wire import Attr, DirentType, OpenFlag
+from cachefs.kernel.passthrough import BackingError, BackingFiles
+from cachefs.kernel.wire import ROOT_ID, Attr, DirentType
 from cachefs.remote import RemoteError
 
 from .inodes import Inode, InodeTable
 from .listings import Listings
+from .openmode import PASSTHROUGH_OPS, HandleMode, KernelOps, choose_mode
+from .stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +34,14 @@ log = logging.getLogger(__name__)
 # GETs in flight while the reader consumes the current chunk.
 READAHEAD_CHUNKS = 4
 STATE_XATTR = b"user.cachefs.state"
+STATS_XATTR = b"user.cachefs.stats"  # on the root directory
 
 
 @dataclass(eq=False)
 class FileHandle:
     inode: Inode
     obj: CachedObject
+    mode: HandleMode
     next_offset: int = 0  # where a sequential reader reads next
 
 
@@ -45,8 +53,11 @@ class DirHandle:
 class Filesystem:
     """Implements `cachefs.kernel.ops.Operations` over a cache and a remote."""
 
-    def __init__(self, cache: Cache, metadata_ttl: float) -> None:
+    def __init__(self, cache: Cache, metadata_ttl: float, passthrough: bool = True) -> None:
         self.cache = cache
+        self._want_passthrough = passthrough
+        self._backing: BackingFiles | None = None
+        self.stats = Stats()
         self.ttl = metadata_ttl
         self.listings = Listings(cache.remote, cache.db, metadata_ttl)
         self.inodes = InodeTable(root_mtime=time.time())
@@ -76,6 +87,21 @@ class Filesystem:
 
     def init(self, conn: Connection) -> None:
         self.connection = conn
+        if not self._want_passthrough:
+            reason = "turned off by --no-passthrough"
+        elif conn.backing is None:
+            reason = "the kernel did not grant FUSE_PASSTHROUGH (needs Linux 6.9 or later)"
+        else:
+            probe = conn.backing.probe(self.cache.data_dir)
+            reason = probe.reason
+            if probe.available:
+                self._backing = conn.backing
+        self.stats.passthrough = self._backing is not None
+        self.stats.passthrough_reason = reason
+        if self._backing is not None:
+            log.info("passthrough on: complete files are read by the kernel")
+        else:
+            log.info("passthrough off: %s; complete files are served from the page cache", reason)
 
     def destroy(self) -> None:
         pass
@@ -112,16 +138,47 @@ class Filesystem:
         except BaseException:
             self.cache.release(obj)
             raise
+        # From here to the reply nothing awaits: the choice and the count it
+        # depends on change together.
+        mode = choose_mode(obj.complete, self._backing is not None, inode.handles)
+        if mode is HandleMode.PASSTHROUGH and not self._register_backing(inode, obj):
+            mode = HandleMode.DAEMON
         fh = next(self._fh)
-        self._handles[fh] = FileHandle(inode, obj)
-        inode.opens += 1
-        return Opened(fh, self._open_flags(obj))
+        self._handles[fh] = FileHandle(inode, obj, mode)
+        inode.handles[mode] += 1
+        self.stats.opens[mode.value] += 1
+        return Opened(fh, mode.open_flags, inode.backing_id if mode is HandleMode.PASSTHROUGH else 0)
 
-    @staticmethod
-    def _open_flags(obj: CachedObject) -> OpenFlag:
-        # Complete files may use the page cache; partial ones must not, so
-        # every read reaches us to fetch what is missing.
-        return OpenFlag.KEEP_CACHE if obj.complete else OpenFlag.DIRECT_IO
+    def _register_backing(self, inode: Inode, obj: CachedObject) -> bool:
+        """Give the inode its backing id at its first passthrough open."""
+        if inode.backing_id:
+            return True
+        assert self._backing is not None
+        fd = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            inode.backing_id = self._backing.open(fd)
+        except BackingError as e:
+            log.warning("passthrough for %r failed (%s); serving it from the daemon", inode.path, e)
+            return False
+        finally:
+            # The kernel holds its own reference to the file.
+            os.close(fd)
+        inode.kernel_ops = PASSTHROUGH_OPS
+        self.stats.backing_ids_open += 1
+        return True
+
+    def _release_backing(self, inode: Inode) -> None:
+        """Close the backing id with the inode's last passthrough handle, never earlier."""
+        if inode.handles[HandleMode.PASSTHROUGH] or not inode.backing_id:
+            return
+        assert self._backing is not None
+        try:
+            self._backing.close(inode.backing_id)
+        except BackingError as e:
+            log.warning("closing backing id %d of %r: %s", inode.backing_id, inode.path, e)
+        inode.backing_id = 0
+        inode.kernel_ops = KernelOps.NONE
+        self.stats.backing_ids_open -= 1
 
     async def read(self, ino: int, fh: int, offset: int, size: int) -> bytes:
         handle = self._handles.get(fh)
@@ -129,8 +186,11 @@ class Filesystem:
             raise FuseError(errno.EBADF)
         sequential = offset == handle.next_offset
         handle.next_offset = offset + size
+        self.stats.fuse_reads += 1
         try:
-            return await self.cache.read(handle.obj, offset, size, READAHEAD_CHUNKS if sequential else 0)
+            data = await self.cache.read(handle.obj, offset, size, READAHEAD_CHUNKS if sequential else 0)
+            self.stats.bytes_served += len(data)
+            return data
         except RemoteError as e:
             log.warning("reading %r at %d: %s", handle.inode.path, offset, e)
             raise FuseError(e.errno) from e
@@ -142,7 +202,9 @@ class Filesystem:
         if handle is None:
             return
         self.cache.release(handle.obj)
-        handle.inode.opens -= 1
+        handle.inode.handles[handle.mode] -= 1
+        if handle.mode is HandleMode.PASSTHROUGH:
+            self._release_backing(handle.inode)
         self.inodes.drop_if_unused(handle.inode)
 
     async def opendir(self, ino: int) -> int:
@@ -175,14 +237,21 @@ class Filesystem:
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         inode = self._inode(ino)
-        if name != STATE_XATTR or inode.is_dir:
-            raise FuseError(errno.ENODATA)
-        return self._state_text(inode).encode()
+        if name == STATE_XATTR and not inode.is_dir:
+            return self._state_text(inode).encode()
+        if name == STATS_XATTR and ino == ROOT_ID:
+            return json.dumps(self.stats.as_dict()).encode()
+        raise FuseError(errno.ENODATA)
 
     async def listxattr(self, ino: int) -> list[bytes]:
+        if ino == ROOT_ID:
+            return [STATS_XATTR]
         return [] if self._inode(ino).is_dir else [STATE_XATTR]
 
     def _state_text(self, inode: Inode) -> str:
+        """absent, partial BYTES/SIZE, complete, or passthrough opens=N."""
+        if inode.kernel_ops:
+            return f"passthrough opens={inode.handles[HandleMode.PASSTHROUGH]}"
         obj = self.cache.peek(inode.path, inode.version)
         if obj is not None:
             state, cached = obj.state, obj.bytes_present

@@ -10,10 +10,13 @@ from __future__ import annotations
 import itertools
 import os
 import stat
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from cachefs.kernel.wire import ROOT_ID, Attr
 from cachefs.remote import RemoteEntry
+
+from .openmode import HandleMode, KernelOps
 
 FILE_MODE = stat.S_IFREG | 0o444
 DIR_MODE = stat.S_IFDIR | 0o555
@@ -28,7 +31,14 @@ class Inode:
     mtime: float
     version: str
     nlookup: int = 0
-    opens: int = 0
+    # Open handles by mode; see openmode for the rule that keeps them apart.
+    handles: Counter[HandleMode] = field(default_factory=Counter)
+    backing_id: int = 0  # registered while passthrough handles are open
+    kernel_ops: KernelOps = KernelOps.NONE
+
+    @property
+    def opens(self) -> int:
+        return sum(self.handles.values())
 
     def attr(self) -> Attr:
         return Attr(

@@ -7,9 +7,10 @@ format. Raising `FuseError(errno)` answers a request with that error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
+from .passthrough import BackingFiles
 from .wire import Attr, DirentType, OpenFlag
 
 
@@ -70,8 +71,8 @@ class Connection:
     flags: int
     max_readahead: int
     max_pages: int
-    passthrough: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    passthrough: bool = False  # the kernel granted FUSE_PASSTHROUGH
+    backing: BackingFiles | None = None  # set when passthrough was granted
 
 
 class Operations(Protocol):

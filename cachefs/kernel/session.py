@@ -10,7 +10,6 @@ when `stop()` is called.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ import trio
 
 from . import wire
 from .ops import Connection, DirEntry, Entry, FuseError, Operations
+from .passthrough import BackingFiles
 from .wire import InitFlag, InHeader, Opcode
 
 log = logging.getLogger(__name__)
@@ -226,20 +226,17 @@ class Session:
         self.connection = Connection(
             major=major, minor=minor, flags=granted, max_readahead=max_readahead,
             max_pages=MAX_PAGES, passthrough=passthrough,
+            backing=BackingFiles(self.fd) if passthrough else None,
         )
         log.debug("INIT: kernel %d.%d, granted flags %#x", major, minor, granted)
-        self.ops.init(self.connection)
+        try:
+            self.ops.init(self.connection)
+        except Exception:
+            # The mount is up; a filesystem that fails to set up extras
+            # (such as passthrough) still serves.
+            log.exception("filesystem init failed")
         if self._on_init is not None:
             self._on_init(self.connection)
-
-    # --- passthrough backing files -------------------------------------------
-
-    def backing_open(self, fd: int) -> int:
-        """Register `fd` with the kernel as a backing file; returns its id."""
-        return fcntl.ioctl(self.fd, wire.FUSE_DEV_IOC_BACKING_OPEN, wire.BACKING_MAP.pack(fd, 0, 0))
-
-    def backing_close(self, backing_id: int) -> None:
-        fcntl.ioctl(self.fd, wire.FUSE_DEV_IOC_BACKING_CLOSE, wire.struct.pack("<I", backing_id))
 
     # --- request handlers ----------------------------------------------------
 

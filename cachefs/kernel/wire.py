@@ -189,6 +189,7 @@ INIT_OUT = struct.Struct("<IIIIHHIIHHIIH22x")
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino off len
 NOTIFY_INVAL_ENTRY_OUT = struct.Struct("<QII")  # parent namelen flags
 BACKING_MAP = struct.Struct("<iIQ")  # fd flags padding
+BACKING_ID = struct.Struct("<I")
 
 assert INIT_OUT.size == 64 and ATTR.size == 88 and KSTATFS.size == 80
 

@@ -1,0 +1,20 @@
+"""Counters of what the daemon did, for tests, logs and `cachefs status`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Stats:
+    """Daemon counters; monotonic except `backing_ids_open`."""
+
+    opens: dict[str, int] = field(default_factory=lambda: {"daemon": 0, "page-cache": 0, "passthrough": 0})
+    fuse_reads: int = 0  # READ requests the daemon served
+    bytes_served: int = 0  # bytes those requests returned
+    backing_ids_open: int = 0
+    passthrough: bool = False
+    passthrough_reason: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
