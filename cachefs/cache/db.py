@@ -102,18 +102,17 @@ class CacheDB:
         rows = self._reader.conn.execute("SELECT idx FROM chunks WHERE object_id = ?", (object_id,))
         return {r[0] for r in rows}
 
-    async def insert_object(
-        self, key: str, version: str, size: int, mtime: float, chunk_size: int, data_name: str
+    @staticmethod
+    def insert_object(
+        db: Database, key: str, version: str, size: int, mtime: float, chunk_size: int, data_name: str
     ) -> int:
-        def insert(db: Database) -> int:
-            cur = db.conn.execute(
-                "INSERT INTO objects (key, version, size, mtime, chunk_size, data_name, last_access)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, version, size, mtime, chunk_size, data_name, time.time()),
-            )
-            return int(cur.lastrowid)
-
-        return await self.write(insert)
+        """Add an object row; call through `write`. Returns its id."""
+        cur = db.conn.execute(
+            "INSERT INTO objects (key, version, size, mtime, chunk_size, data_name, last_access)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, version, size, mtime, chunk_size, data_name, time.time()),
+        )
+        return int(cur.lastrowid)
 
     async def forget_chunks(self, object_id: int) -> None:
         """The data file no longer backs what was recorded: start over."""

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 
 import trio
+from sqlite_utils import Database
 
 from .db import CacheDB, ChunkRecord
 from .objects import CachedObject
@@ -38,20 +39,26 @@ class Journal:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Flush forever; cancel to stop (call `flush` first to lose nothing)."""
+        """Flush forever; cancel to stop (then call `flush` once more)."""
         while True:
             await self._wakeup.wait()
             await trio.sleep(BATCH_SECONDS)
-            await self.flush()
+            # A batch taken must be recorded: cancelling it half way would
+            # drop the record of chunks that are safely on disk. A flush is
+            # bounded (one fsync per file, one commit), so shield it.
+            with trio.CancelScope(shield=True):
+                await self.flush()
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
         self._wakeup = trio.Event()
         if batch:
             try:
-                await self._ensure_rows(batch)
                 await trio.to_thread.run_sync(self._sync_files, batch)
-                await self._db.write(lambda db: CacheDB.record_chunks(db, self._records(batch)))
+                new_ids = await self._db.write(lambda db: self._record(db, batch))
+                # Only now, after the commit, do the new rows exist.
+                for obj, object_id in new_ids.items():
+                    obj.object_id = object_id
             except Exception:
                 # Not recording is always safe: the chunks are fetched again.
                 log.exception("could not record %d cached chunks", len(batch))
@@ -59,25 +66,26 @@ class Journal:
                 for obj, _ in batch:
                     self._release(obj)
 
-    async def _ensure_rows(self, batch: list[tuple[CachedObject, int]]) -> None:
-        # Objects get their row at the first flush, not at open, so a cold
-        # open costs no database write.
-        for obj, _ in batch:
-            if obj.object_id is None:
-                obj.object_id = await self._db.insert_object(
-                    obj.key, obj.version, obj.size, obj.mtime, obj.chunk_size, obj.path.name
-                )
-
     @staticmethod
     def _sync_files(batch: list[tuple[CachedObject, int]]) -> None:
         for obj in {id(o): o for o, _ in batch}.values():
             os.fdatasync(obj.fd)
 
     @staticmethod
-    def _records(batch: list[tuple[CachedObject, int]]) -> list[ChunkRecord]:
+    def _record(db: Database, batch: list[tuple[CachedObject, int]]) -> dict[CachedObject, int]:
+        """On the writer thread, in one transaction: rows for new objects, then
+        chunks. Returns the ids of the new object rows."""
+        new_ids: dict[CachedObject, int] = {}
         records = []
         for obj, idx in batch:
+            # Objects get their row at their first flush, not at open, so a
+            # cold open costs no database write.
+            object_id = obj.object_id or new_ids.get(obj)
+            if object_id is None:
+                object_id = new_ids[obj] = CacheDB.insert_object(
+                    db, obj.key, obj.version, obj.size, obj.mtime, obj.chunk_size, obj.path.name
+                )
             start, end = obj.chunk_span(idx)
-            assert obj.object_id is not None
-            records.append(ChunkRecord(obj.object_id, idx, end - start, obj.nchunks))
-        return records
+            records.append(ChunkRecord(object_id, idx, end - start, obj.nchunks))
+        CacheDB.record_chunks(db, records)
+        return new_ids

@@ -71,7 +71,7 @@ class Cache:
         self.root = source_dir(cache_dir, remote.source)
         prepare_dir(self.root)
         self.data_dir = self.root / "data"
-        self.data_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+        self._make_fanout_dirs()
         self._lock_fd = self._take_lock()
         self.db = CacheDB(self.root / "state.db")
         self.remote = remote
@@ -80,6 +80,13 @@ class Cache:
         self.journal = Journal(self.db, self.release)
         self._fetcher: ChunkFetcher | None = None
         self._nursery: trio.Nursery | None = None
+
+    def _make_fanout_dirs(self) -> None:
+        # Data files spread over 256 folders by the first byte of their name;
+        # made once here so opening a new object costs no mkdir.
+        self.data_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+        for i in range(256):
+            (self.data_dir / f"{i:02x}").mkdir(mode=DIR_MODE, exist_ok=True)
 
     def _take_lock(self) -> int:
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -139,7 +146,6 @@ class Cache:
         row = self.db.find_object(key, version)
         name = row.data_name if row else hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:40]
         path = self.data_dir / name[:2] / name
-        path.parent.mkdir(mode=DIR_MODE, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         present: set[int] = set()
         if row is not None:
