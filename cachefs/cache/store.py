@@ -176,5 +176,15 @@ class Cache:
         await self.fetcher.wait(waits)
         return obj.pread(offset, size)
 
+    def prefetch(self, key: str, version: str, size: int, mtime: float) -> None:
+        """Start fetching a whole object in the background, unless cached."""
+        row = self.db.find_object(key, version)
+        if row is not None and row.complete:
+            return
+        obj = self.acquire(key, version, size, mtime)
+        # The fetches hold their own uses of the object.
+        self.fetcher.start(obj, range(obj.nchunks))
+        self.release(obj)
+
     async def fetch_all(self, obj: CachedObject) -> None:
         await self.fetcher.ensure(obj, range(obj.nchunks))

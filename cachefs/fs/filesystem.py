@@ -23,7 +23,8 @@ from cachefs.kernel.passthrough import BackingError, BackingFiles
 from cachefs.kernel.wire import ROOT_ID, Attr, DirentType
 from cachefs.remote import RemoteError
 
-from .inodes import Inode, InodeTable
+from .dirahead import DirectoryReadahead
+from .inodes import Inode, InodeTable, child_path
 from .listings import Listings
 from .openmode import PASSTHROUGH_OPS, HandleMode, KernelOps, choose_mode
 from .stats import Stats
@@ -61,6 +62,7 @@ class Filesystem:
         self.ttl = metadata_ttl
         self.listings = Listings(cache.remote, cache.db, metadata_ttl)
         self.inodes = InodeTable(root_mtime=time.time())
+        self.dirahead = DirectoryReadahead(small_size=cache.chunk_size)
         self._handles: dict[int, FileHandle] = {}
         self._dir_handles: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
@@ -128,10 +130,12 @@ class Filesystem:
             raise FuseError(errno.EISDIR)
         obj = self.cache.acquire(inode.path, inode.version, inode.size, inode.mtime)
         try:
-            if not obj.complete and obj.nchunks <= 1:
+            if obj.nchunks <= 1:
                 # Small files come whole: one request, and later opens are
                 # served from the complete file.
-                await self.cache.fetch_all(obj)
+                self._read_ahead_siblings(inode)
+                if not obj.complete:
+                    await self.cache.fetch_all(obj)
         except RemoteError as e:
             self.cache.release(obj)
             raise FuseError(e.errno) from e
@@ -148,6 +152,14 @@ class Filesystem:
         inode.handles[mode] += 1
         self.stats.opens[mode.value] += 1
         return Opened(fh, mode.open_flags, inode.backing_id if mode is HandleMode.PASSTHROUGH else 0)
+
+    def _read_ahead_siblings(self, inode: Inode) -> None:
+        directory, _, name = inode.path.rpartition("/")
+        listing = self.listings.cached(directory)
+        if listing is None:
+            return
+        for entry in self.dirahead.on_open(directory, listing, name):
+            self.cache.prefetch(child_path(directory, entry.name), entry.version, entry.size, entry.mtime)
 
     def _register_backing(self, inode: Inode, obj: CachedObject) -> bool:
         """Give the inode its backing id at its first passthrough open."""

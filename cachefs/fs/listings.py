@@ -8,6 +8,7 @@ fetch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 
@@ -24,6 +25,15 @@ class Listing:
     fetched_at: float
     entries: dict[str, RemoteEntry]
 
+    @functools.cached_property
+    def order(self) -> list[str]:
+        """Names in the order `ls` and readdir show them."""
+        return sorted(self.entries)
+
+    @functools.cached_property
+    def position(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.order)}
+
 
 class Listings:
     """Directory path -> entries, with a TTL and single-flight fetches."""
@@ -37,6 +47,10 @@ class Listings:
 
     def _fresh(self, listing: Listing | None) -> bool:
         return listing is not None and time.time() - listing.fetched_at < self.ttl
+
+    def cached(self, path: str) -> Listing | None:
+        """The listing in memory, however old; never fetches."""
+        return self._mem.get(path)
 
     async def get(self, path: str) -> dict[str, RemoteEntry]:
         """The entries of directory `path`; raises RemoteError (e.g. NotFound)."""

@@ -1,0 +1,73 @@
+"""Read-ahead across a directory's small files.
+
+A file of one chunk or less costs a whole HTTP round trip when it is opened,
+and a program that reads a directory file by file (cp -r, tar, rsync, a
+loop over sorted names) waits for each in turn. When opens of small files
+walk a directory in listing order, the next few are fetched before they are
+asked for, so their round trips overlap. A program that jumps around never
+triggers it, and the window is bounded in files and bytes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from cachefs.remote import RemoteEntry
+
+from .listings import Listing
+
+WINDOW_FILES = 16  # how many files ahead of the reader
+WINDOW_BYTES = 64 * 1024 * 1024  # and at most this many bytes
+MIN_STREAK = 2  # opens in listing order before read-ahead starts
+MAX_GAP = 2  # a reader may skip a name (e.g. a subdirectory) and still be in order
+MAX_DIRECTORIES = 1024  # cursors kept, most recently used
+
+
+@dataclass
+class _Cursor:
+    position: int  # listing position of the last small file opened
+    streak: int  # consecutive opens in listing order
+    issued_to: int  # read-ahead has been started up to this position
+
+
+class DirectoryReadahead:
+    """Decides which siblings of a just-opened small file to fetch early."""
+
+    def __init__(self, small_size: int) -> None:
+        self._small_size = small_size
+        self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
+
+    def on_open(self, directory: str, listing: Listing, name: str) -> list[RemoteEntry]:
+        """Note that `name` in `directory` was opened; return entries to fetch now."""
+        position = listing.position.get(name)
+        if position is None:
+            return []
+        cursor = self._cursors.get(directory)
+        if cursor is not None and 0 < position - cursor.position <= MAX_GAP:
+            cursor.position, cursor.streak = position, cursor.streak + 1
+        else:
+            cursor = _Cursor(position, 1, position)
+        self._remember(directory, cursor)
+        if cursor.streak < MIN_STREAK:
+            return []
+        picks: list[RemoteEntry] = []
+        budget = WINDOW_BYTES
+        last = min(len(listing.order), position + 1 + WINDOW_FILES)
+        for i in range(max(position, cursor.issued_to) + 1, last):
+            entry = listing.entries[listing.order[i]]
+            if entry.is_dir or entry.size > self._small_size:
+                continue
+            if entry.size > budget:
+                last = i
+                break
+            budget -= entry.size
+            picks.append(entry)
+        cursor.issued_to = max(cursor.issued_to, last - 1)
+        return picks
+
+    def _remember(self, directory: str, cursor: _Cursor) -> None:
+        self._cursors[directory] = cursor
+        self._cursors.move_to_end(directory)
+        while len(self._cursors) > MAX_DIRECTORIES:
+            self._cursors.popitem(last=False)
