@@ -19,12 +19,15 @@ from cachefs.remote.base import BadResponse
 
 from .journal import Journal
 from .objects import CachedObject, ChunkFetch
+from .slots import FetchSlots
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 8 * 1024 * 1024
-# Ranged GETs in flight at once, all objects together.
+# Ranged GETs in flight at once, all objects together, and how many of them
+# may be read-ahead: the rest stay free for fetches a reader waits for.
 MAX_INFLIGHT = 6
+MAX_SPECULATIVE = 4
 # A chunk whose body broke off is tried again this many times in all.
 ATTEMPTS = 3
 RETRY_DELAY = 0.2
@@ -39,26 +42,30 @@ class ChunkFetcher:
         journal: Journal,
         nursery: trio.Nursery,
         release: Callable[[CachedObject], None],
-        max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         self._remote = remote
         self._journal = journal
         self._nursery = nursery
         self._release = release
-        self._limiter = trio.CapacityLimiter(max_inflight)
+        self._slots = FetchSlots(MAX_INFLIGHT, MAX_SPECULATIVE)
         self.bytes_fetched = 0
 
-    def start(self, obj: CachedObject, chunks: Iterable[int]) -> list[ChunkFetch]:
-        """Start fetching those of `chunks` not present or in flight."""
+    def start(self, obj: CachedObject, chunks: Iterable[int], *, demanded: bool = True) -> list[ChunkFetch]:
+        """Start fetching those of `chunks` not present or in flight.
+
+        `demanded` says a reader will wait for them; read-ahead passes False.
+        """
         waits = []
         for idx in chunks:
             if idx in obj.present:
                 continue
             fetch = obj.inflight.get(idx)
             if fetch is None:
-                fetch = obj.inflight[idx] = ChunkFetch()
+                fetch = obj.inflight[idx] = ChunkFetch(self._slots.ticket(demanded))
                 obj.uses += 1
                 self._nursery.start_soon(self._fetch, obj, idx, fetch)
+            elif demanded:
+                self._slots.promote(fetch.ticket)
             waits.append(fetch)
         return waits
 
@@ -76,7 +83,7 @@ class ChunkFetcher:
 
     async def _fetch(self, obj: CachedObject, idx: int, fetch: ChunkFetch) -> None:
         try:
-            async with self._limiter:
+            async with self._slots.hold(fetch.ticket):
                 await self._fetch_with_retries(obj, idx)
             obj.present.add(idx)
             self._journal.add(obj, idx)

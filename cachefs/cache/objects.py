@@ -14,6 +14,8 @@ from pathlib import Path
 
 import trio
 
+from .slots import Ticket
+
 
 class CacheState(enum.Enum):
     """Where an object version is on its way from the remote to the kernel."""
@@ -27,6 +29,7 @@ class CacheState(enum.Enum):
 class ChunkFetch:
     """A fetch in flight; every reader of the chunk waits on the same one."""
 
+    ticket: Ticket  # its claim on a fetch slot; says whether a reader waits
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
 

@@ -172,7 +172,7 @@ class Cache:
         chunks = obj.chunks_for(offset, size)
         waits = self.fetcher.start(obj, chunks)
         if ahead and chunks:
-            self.fetcher.start(obj, range(chunks.stop, min(obj.nchunks, chunks.stop + ahead)))
+            self.fetcher.start(obj, range(chunks.stop, min(obj.nchunks, chunks.stop + ahead)), demanded=False)
         await self.fetcher.wait(waits)
         return obj.pread(offset, size)
 
@@ -183,8 +183,5 @@ class Cache:
             return
         obj = self.acquire(key, version, size, mtime)
         # The fetches hold their own uses of the object.
-        self.fetcher.start(obj, range(obj.nchunks))
+        self.fetcher.start(obj, range(obj.nchunks), demanded=False)
         self.release(obj)
-
-    async def fetch_all(self, obj: CachedObject) -> None:
-        await self.fetcher.ensure(obj, range(obj.nchunks))

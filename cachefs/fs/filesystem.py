@@ -132,10 +132,11 @@ class Filesystem:
         try:
             if obj.nchunks <= 1:
                 # Small files come whole: one request, and later opens are
-                # served from the complete file.
+                # served from the complete file. Its own fetch is queued
+                # before any read-ahead of its siblings.
+                fetches = self.cache.fetcher.start(obj, range(obj.nchunks))
                 self._read_ahead_siblings(inode)
-                if not obj.complete:
-                    await self.cache.fetch_all(obj)
+                await self.cache.fetcher.wait(fetches)
         except RemoteError as e:
             self.cache.release(obj)
             raise FuseError(e.errno) from e
