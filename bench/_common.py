@@ -1,0 +1,311 @@
+"""Helpers shared by the cachefs benchmarks.
+
+Everything here is about running a measurement honestly and cleaning up after
+it: a private work directory, mounts made with the real `cachefs` command and
+always unmounted, page-cache control, timed sequential reads, robust summaries
+(median/min/max) and a plain-text table. Nothing here knows which figures a
+particular benchmark reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import ParamSpec, TypeVar
+
+KiB = 1024
+MiB = 1024 * KiB
+MB = 1_000_000  # throughput is reported in decimal MB/s, as dd and curl do
+
+READ_BLOCK = MiB  # like `dd bs=1M`
+WRITE_PIECE = 8 * MiB
+
+MOUNT_TIMEOUT_S = 180.0
+UMOUNT_TIMEOUT_S = 120.0
+# Lines of a daemon log worth reporting.
+_LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on (a mount failed, wrong bytes, ...)."""
+
+
+# -- statistics -----------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """Repeated measurements of one figure."""
+
+    name: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    @property
+    def low(self) -> float | None:
+        return min(self.values) if self.values else None
+
+    @property
+    def high(self) -> float | None:
+        return max(self.values) if self.values else None
+
+
+# -- processes and signals --------------------------------------------------------
+
+
+def sigterm_as_interrupt() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so every `finally` cleans up."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def ignore_interrupts() -> None:
+    """From now on, Ctrl-C and SIGTERM cannot cut cleanup short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def cachefs(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the `cachefs` command of this interpreter's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "cachefs.cli", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def require_tools(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise BenchError(f"missing tools: {', '.join(missing)}")
+
+
+# -- mounts -------------------------------------------------------------------------
+
+
+def _unescape_mount_field(text: str) -> str:
+    # /proc/self/mounts writes space, tab, newline and backslash as \ooo.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def mounted_paths() -> list[str]:
+    """Every mountpoint of this mount namespace."""
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+        return [_unescape_mount_field(line.split()[1]) for line in f if line.strip()]
+
+
+def is_mounted(path: Path) -> bool:
+    return os.path.realpath(path) in mounted_paths()
+
+
+def lazy_unmount(path: Path) -> None:
+    """Last resort: detach the mount now; its daemon exits once it is idle."""
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+class Mounts:
+    """cachefs mounts made by this benchmark; `unmount_all` leaves none behind."""
+
+    def __init__(self) -> None:
+        self._active: list[Path] = []
+
+    def mount(self, url: str, mountpoint: Path, cache_dir: Path) -> None:
+        # Remember it before asking: a timed-out mount may still appear.
+        self._active.append(mountpoint)
+        done = cachefs("mount", url, str(mountpoint), "--cache-dir", str(cache_dir),
+                       timeout=MOUNT_TIMEOUT_S)
+        if done.returncode != 0:
+            raise BenchError(f"cachefs mount failed: {done.stderr.strip() or done.returncode}")
+
+    def unmount(self, mountpoint: Path) -> None:
+        """`cachefs umount` (waits for the daemon); lazy unmount if that fails."""
+        if mountpoint in self._active:
+            self._active.remove(mountpoint)
+        if not is_mounted(mountpoint):
+            return
+        try:
+            done = cachefs("umount", str(mountpoint), timeout=UMOUNT_TIMEOUT_S)
+            failed = done.returncode != 0
+            reason = done.stderr.strip()
+        except subprocess.TimeoutExpired:
+            failed, reason = True, "timed out"
+        if failed:
+            lazy_unmount(mountpoint)
+            raise BenchError(f"cachefs umount {mountpoint} failed ({reason}); unmounted lazily")
+
+    def unmount_all(self) -> None:
+        """Unmount everything still mounted, never raising."""
+        for mountpoint in reversed(list(self._active)):
+            try:
+                self.unmount(mountpoint)
+            except (BenchError, OSError) as e:
+                print(f"bench: {e}", file=sys.stderr)
+            finally:
+                if is_mounted(mountpoint):
+                    lazy_unmount(mountpoint)
+
+
+# -- work directory -----------------------------------------------------------------
+
+
+class Workspace:
+    """A private temp directory; removed on close unless something is still
+    mounted inside it (then it is left and named, never deleted through a mount)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+
+    def fresh_dir(self, name: str) -> Path:
+        path = self.path / name
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def remove_dir(self, path: Path) -> None:
+        """Delete `path` (inside the workspace) unless something is mounted in it."""
+        inside = str(path) + os.sep
+        if any(m.startswith(inside) for m in mounted_paths()):
+            print(f"bench: still mounted under {path}; left it in place", file=sys.stderr)
+            return
+        shutil.rmtree(path, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Lazily unmount anything left inside, then delete everything."""
+        inside = str(self.path) + os.sep
+        for mountpoint in mounted_paths():
+            if mountpoint.startswith(inside):
+                lazy_unmount(Path(mountpoint))
+        self.remove_dir(self.path)
+
+
+# -- page cache and reads --------------------------------------------------------------
+
+
+def sync() -> None:
+    os.sync()
+
+
+def drop_page_cache() -> bool:
+    """sync, then drop clean caches (root only); False if not permitted."""
+    sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def read_whole(path: Path, buf: bytearray | None = None) -> int:
+    """Read `path` start to end in READ_BLOCK requests; return the byte count."""
+    view = memoryview(buf if buf is not None else bytearray(READ_BLOCK))
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            total += n
+    return total
+
+
+def hash_whole(path: Path) -> tuple[int, str]:
+    """Read `path` like read_whole, hashing it; return (bytes, sha256 hex)."""
+    digest = hashlib.sha256()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(READ_BLOCK):
+            digest.update(block)
+            total += len(block)
+    return total, digest.hexdigest()
+
+
+def make_hot(paths: Iterable[Path]) -> None:
+    """Read files once so that they sit in the page cache."""
+    buf = bytearray(READ_BLOCK)
+    for path in paths:
+        read_whole(path, buf)
+
+
+def timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[float, T]:
+    """Run fn(*args, **kwargs); return (seconds it took, its result)."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+def write_random_file(path: Path, size: int) -> str:
+    """Fill `path` with `size` random bytes; return their sha256 hex."""
+    digest = hashlib.sha256()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        remaining = size
+        while remaining:
+            piece = os.urandom(min(WRITE_PIECE, remaining))
+            f.write(piece)
+            digest.update(piece)
+            remaining -= len(piece)
+    return digest.hexdigest()
+
+
+# -- daemon logs -------------------------------------------------------------------------
+
+
+def daemon_log_problems(cache_dir: Path, limit: int = 20) -> list[str]:
+    """Warning, error and traceback lines of every daemon log in `cache_dir`."""
+    problems: list[str] = []
+    for log in sorted(cache_dir.glob("*/daemon.log")):
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if _LOG_PROBLEM.search(line):
+                    problems.append(line.rstrip())
+                    if len(problems) >= limit:
+                        return problems
+    return problems
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def fmt_number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-align the first column, right-align the others."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:]))
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
