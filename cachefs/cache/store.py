@@ -77,6 +77,7 @@ class Cache:
         self.remote = remote
         self.chunk_size = chunk_size
         self._objects: dict[tuple[str, str], CachedObject] = {}
+        self._loading: dict[tuple[str, str], trio.Event] = {}
         self.journal = Journal(self.db, self.release)
         self._fetcher: ChunkFetcher | None = None
         self._nursery: trio.Nursery | None = None
@@ -123,12 +124,20 @@ class Cache:
 
     # --- objects -------------------------------------------------------------
 
-    def acquire(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
+    async def acquire(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
         """The cached object for this version, opened; pair with `release`."""
-        obj = self._objects.get((key, version))
-        if obj is None:
-            obj = self._load(key, version, size, mtime)
-            self._objects[(key, version)] = obj
+        ident = (key, version)
+        while (obj := self._objects.get(ident)) is None:
+            loading = self._loading.get(ident)
+            if loading is not None:
+                await loading.wait()  # then look again: it may have failed
+                continue
+            loading = self._loading[ident] = trio.Event()
+            try:
+                self._objects[ident] = await self._load(key, version, size, mtime)
+            finally:
+                del self._loading[ident]
+                loading.set()
         obj.uses += 1
         return obj
 
@@ -142,22 +151,27 @@ class Cache:
             obj.close()
             del self._objects[(obj.key, obj.version)]
 
-    def _load(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
+    async def _load(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
         row = self.db.find_object(key, version)
         name = row.data_name if row else hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:40]
         path = self.data_dir / name[:2] / name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            # Opening an existing file takes microseconds: do it here.
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            found_size = _size_to(fd, size)
+        except FileNotFoundError:
+            # Creating one can take half a millisecond on a journaling
+            # filesystem: not on the event loop.
+            fd, found_size = await trio.to_thread.run_sync(_create_data_file, path, size)
         present: set[int] = set()
         if row is not None:
             present = self.db.chunks_of(row.id)
-            if present and os.fstat(fd).st_size != size:
+            if present and found_size != size:
                 # The file no longer matches what was recorded: trust neither.
-                log.warning("data file of %s has the wrong size; fetching it again", key)
+                log.warning("data file of %s had the wrong size; fetching it again", key)
                 present = set()
                 assert self._nursery is not None
                 self._nursery.start_soon(self.db.forget_chunks, row.id)
-        if os.fstat(fd).st_size != size:
-            os.ftruncate(fd, size)
         chunk_size = row.chunk_size if row else self.chunk_size
         return CachedObject(
             key=key, version=version, size=size, mtime=mtime, chunk_size=chunk_size,
@@ -179,9 +193,29 @@ class Cache:
     def prefetch(self, key: str, version: str, size: int, mtime: float) -> None:
         """Start fetching a whole object in the background, unless cached."""
         row = self.db.find_object(key, version)
-        if row is not None and row.complete:
+        if row is None or not row.complete:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._prefetch, key, version, size, mtime)
+
+    async def _prefetch(self, key: str, version: str, size: int, mtime: float) -> None:
+        try:
+            obj = await self.acquire(key, version, size, mtime)
+        except OSError as e:
+            log.warning("cannot cache %s: %s", key, e)
             return
-        obj = self.acquire(key, version, size, mtime)
         # The fetches hold their own uses of the object.
         self.fetcher.start(obj, range(obj.nchunks), demanded=False)
         self.release(obj)
+
+
+def _size_to(fd: int, size: int) -> int:
+    """Make the data file `size` bytes long (sparse); return the size it had."""
+    found = os.fstat(fd).st_size
+    if found != size:
+        os.ftruncate(fd, size)
+    return found
+
+
+def _create_data_file(path: Path, size: int) -> tuple[int, int]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    return fd, _size_to(fd, size)

@@ -128,7 +128,11 @@ class Filesystem:
         inode = self._inode(ino)
         if inode.is_dir:
             raise FuseError(errno.EISDIR)
-        obj = self.cache.acquire(inode.path, inode.version, inode.size, inode.mtime)
+        try:
+            obj = await self.cache.acquire(inode.path, inode.version, inode.size, inode.mtime)
+        except OSError as e:
+            log.error("cannot open the cache file of %r: %s", inode.path, e)
+            raise FuseError(errno.EIO) from e
         try:
             if obj.nchunks <= 1:
                 # Small files come whole: one request, and later opens are
