@@ -19,15 +19,16 @@ from cachefs.remote.base import BadResponse
 
 from .journal import Journal
 from .objects import CachedObject, ChunkFetch
-from .slots import FetchSlots
+from .slots import FetchSlots, Priority
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 8 * 1024 * 1024
-# Ranged GETs in flight at once, all objects together, and how many of them
-# may be read-ahead: the rest stay free for fetches a reader waits for.
+# Ranged GETs in flight at once, all objects together; read-ahead and
+# background work together may hold 4 of them, background work alone 3, so
+# fetches a reader waits for always find a slot soon.
 MAX_INFLIGHT = 6
-MAX_SPECULATIVE = 4
+SLOT_CAPS = {Priority.READAHEAD: 4, Priority.BACKGROUND: 3}
 # A chunk whose body broke off is tried again this many times in all.
 ATTEMPTS = 3
 RETRY_DELAY = 0.2
@@ -47,13 +48,15 @@ class ChunkFetcher:
         self._journal = journal
         self._nursery = nursery
         self._release = release
-        self._slots = FetchSlots(MAX_INFLIGHT, MAX_SPECULATIVE)
+        self._slots = FetchSlots(MAX_INFLIGHT, SLOT_CAPS)
         self.bytes_fetched = 0
 
-    def start(self, obj: CachedObject, chunks: Iterable[int], *, demanded: bool = True) -> list[ChunkFetch]:
+    def start(
+        self, obj: CachedObject, chunks: Iterable[int], priority: Priority = Priority.DEMAND
+    ) -> list[ChunkFetch]:
         """Start fetching those of `chunks` not present or in flight.
 
-        `demanded` says a reader will wait for them; read-ahead passes False.
+        A chunk already in flight at a lower priority is promoted.
         """
         waits = []
         for idx in chunks:
@@ -61,11 +64,11 @@ class ChunkFetcher:
                 continue
             fetch = obj.inflight.get(idx)
             if fetch is None:
-                fetch = obj.inflight[idx] = ChunkFetch(self._slots.ticket(demanded))
+                fetch = obj.inflight[idx] = ChunkFetch(self._slots.ticket(priority))
                 obj.uses += 1
                 self._nursery.start_soon(self._fetch, obj, idx, fetch)
-            elif demanded:
-                self._slots.promote(fetch.ticket)
+            else:
+                self._slots.promote(fetch.ticket, priority)
             waits.append(fetch)
         return waits
 

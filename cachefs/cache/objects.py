@@ -29,7 +29,7 @@ class CacheState(enum.Enum):
 class ChunkFetch:
     """A fetch in flight; every reader of the chunk waits on the same one."""
 
-    ticket: Ticket  # its claim on a fetch slot; says whether a reader waits
+    ticket: Ticket  # its claim on a fetch slot, with its priority
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
 

@@ -26,6 +26,7 @@ from .db import CacheDB
 from .fetcher import CHUNK_SIZE, ChunkFetcher
 from .journal import Journal
 from .objects import CachedObject
+from .slots import Priority
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class Cache:
         chunks = obj.chunks_for(offset, size)
         waits = self.fetcher.start(obj, chunks)
         if ahead and chunks:
-            self.fetcher.start(obj, range(chunks.stop, min(obj.nchunks, chunks.stop + ahead)), demanded=False)
+            self.fetcher.start(obj, range(chunks.stop, min(obj.nchunks, chunks.stop + ahead)), Priority.READAHEAD)
         await self.fetcher.wait(waits)
         return obj.pread(offset, size)
 
@@ -204,7 +205,7 @@ class Cache:
             log.warning("cannot cache %s: %s", key, e)
             return
         # The fetches hold their own uses of the object.
-        self.fetcher.start(obj, range(obj.nchunks), demanded=False)
+        self.fetcher.start(obj, range(obj.nchunks), Priority.BACKGROUND)
         self.release(obj)
 
 
