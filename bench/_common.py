@@ -133,10 +133,11 @@ class Mounts:
     def __init__(self) -> None:
         self._active: list[Path] = []
 
-    def mount(self, url: str, mountpoint: Path, cache_dir: Path) -> None:
+    def mount(self, url: str, mountpoint: Path, cache_dir: Path, *options: str) -> None:
+        """`cachefs mount`; `options` are extra flags such as "--no-passthrough"."""
         # Remember it before asking: a timed-out mount may still appear.
         self._active.append(mountpoint)
-        done = cachefs("mount", url, str(mountpoint), "--cache-dir", str(cache_dir),
+        done = cachefs("mount", url, str(mountpoint), "--cache-dir", str(cache_dir), *options,
                        timeout=MOUNT_TIMEOUT_S)
         if done.returncode != 0:
             raise BenchError(f"cachefs mount failed: {done.stderr.strip() or done.returncode}")
