@@ -21,6 +21,7 @@ from cachefs.cache.store import prepare_dir
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
 
+from .cli_prefetch import PrefetchError
 from .daemon import MountConfig, StartupError, serve, state_file
 
 log = logging.getLogger("cachefs")
@@ -245,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--lazy", action="store_true", help="detach now even if files are open")
     u.set_defaults(func=cmd_umount)
 
-    from . import demo
+    from . import cli_prefetch, demo
 
+    cli_prefetch.add_parsers(sub)
     d = sub.add_parser("demo", help="serve a built-in tree locally, mount it, read it cold and warm")
     d.set_defaults(func=demo.cmd_demo)
     return parser
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UserError as e:
+    except (UserError, PrefetchError) as e:
         print(f"cachefs: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,8 +21,12 @@ import trio
 
 from cachefs.cache import Cache, CacheBusy, CacheDirError
 from cachefs.cache.db import CorruptDatabase
+from cachefs.control import server as control_server
+from cachefs.control.commands import Commands
 from cachefs.fs import Filesystem
-from cachefs.kernel import MountError, MountOptions, Session, mount, unmount
+from cachefs.fs.prefetch import Prefetcher
+from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
+from cachefs.kernel.mounting import FSTYPE
 from cachefs.remote import NotFound, RemoteError, open_remote
 
 log = logging.getLogger(__name__)
@@ -100,26 +104,41 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
         raise StartupError(str(e)) from None
     session = Session(fd, fs, want_passthrough=config.passthrough, on_init=lambda _c: ready(None))
     state = state_file(config.mountpoint)
+    control = state.with_suffix(".sock")
     try:
-        _write_state(state, config, cache)
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
+            prefetcher = Prefetcher(cache, fs.listings, nursery)
+            await nursery.start(control_server.serve, control, Commands(fs, prefetcher).handlers())
+            _write_state(state, config, cache, control)
             nursery.start_soon(_stop_on_signal, config.mountpoint, session)
             await session.run()
             nursery.cancel_scope.cancel()
     finally:
         state.unlink(missing_ok=True)
         os.close(fd)
+        _detach_if_mounted(config.mountpoint)
     log.info("daemon for %s stopped", config.mountpoint)
 
 
-def _write_state(path: Path, config: MountConfig, cache: Cache) -> None:
+def _detach_if_mounted(mountpoint: str) -> None:
+    """After a failure, leave no dead mount behind (a clean exit has none)."""
+    info = find_mount(mountpoint)
+    if info is not None and info.fstype == FSTYPE:
+        try:
+            unmount(mountpoint, lazy=True)
+        except MountError as e:
+            log.error("could not detach %s: %s", mountpoint, e)
+
+
+def _write_state(path: Path, config: MountConfig, cache: Cache, control: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = {
         "mountpoint": config.mountpoint,
         "pid": os.getpid(),
         "source": config.source,
         "cache_dir": str(cache.root),
+        "control": str(control),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))

@@ -20,7 +20,6 @@ def m001_initial(db: Database) -> None:
             bytes_cached INTEGER NOT NULL DEFAULT 0,
             complete INTEGER NOT NULL DEFAULT 0,
             last_access REAL NOT NULL DEFAULT 0,
-            pinned INTEGER NOT NULL DEFAULT 0,
             UNIQUE (key, version)
         )
         """

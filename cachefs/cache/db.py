@@ -148,6 +148,35 @@ class CacheDB:
                 (object_id, nchunks, object_id),
             )
 
+    # --- pins ----------------------------------------------------------------
+
+    async def pin(self, keys: list[str]) -> None:
+        now = time.time()
+
+        def pin(db: Database) -> None:
+            db.conn.executemany(
+                "INSERT OR REPLACE INTO pins (key, pinned_at) VALUES (?, ?)", [(k, now) for k in keys]
+            )
+
+        await self.write(pin)
+
+    async def unpin(self, path: str) -> int:
+        """Unpin `path` and everything under it ('' is everything); returns how many."""
+
+        def unpin(db: Database) -> int:
+            if not path:
+                return db.conn.execute("DELETE FROM pins").rowcount
+            # substr, not LIKE: paths may hold '%' and '_'.
+            return db.conn.execute(
+                "DELETE FROM pins WHERE key = ? OR substr(key, 1, ?) = ?",
+                (path, len(path) + 1, path + "/"),
+            ).rowcount
+
+        return await self.write(unpin)
+
+    def is_pinned(self, key: str) -> bool:
+        return self._reader.conn.execute("SELECT 1 FROM pins WHERE key = ?", (key,)).fetchone() is not None
+
     # --- listings ------------------------------------------------------------
 
     def get_listing(self, path: str) -> tuple[float, list[dict]] | None:
