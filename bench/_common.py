@@ -25,12 +25,13 @@ from pathlib import Path
 from types import FrameType
 from typing import ParamSpec, TypeVar
 
+from cachefs.localstore.tree import write_seeded_file
+
 KiB = 1024
 MiB = 1024 * KiB
 MB = 1_000_000  # throughput is reported in decimal MB/s, as dd and curl do
 
 READ_BLOCK = MiB  # like `dd bs=1M`
-WRITE_PIECE = 8 * MiB
 
 MOUNT_TIMEOUT_S = 180.0
 UMOUNT_TIMEOUT_S = 120.0
@@ -261,17 +262,9 @@ def timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[float,
 
 
 def write_random_file(path: Path, size: int) -> str:
-    """Fill `path` with `size` random bytes; return their sha256 hex."""
-    digest = hashlib.sha256()
+    """Fill `path` with `size` pseudo-random bytes; return their sha256 hex."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        remaining = size
-        while remaining:
-            piece = os.urandom(min(WRITE_PIECE, remaining))
-            f.write(piece)
-            digest.update(piece)
-            remaining -= len(piece)
-    return digest.hexdigest()
+    return write_seeded_file(path, f"bench/{path.name}/{size}", size)
 
 
 # -- daemon logs -------------------------------------------------------------------------

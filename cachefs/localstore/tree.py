@@ -138,7 +138,7 @@ def make_tree(root: Path, spec: TreeSpec) -> dict[str, str]:
     for rel, size in sorted(file_sizes(spec).items()):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        hashes[rel] = _write_file(path, file_seed(spec, rel), size)
+        hashes[rel] = write_seeded_file(path, file_seed(spec, rel), size)
         mtime = MTIME_BASE + mtimes.randrange(MTIME_SPREAD_S)
         os.utime(path, (mtime, mtime))
     for rel in spec.empty_dirs:
@@ -157,7 +157,8 @@ def file_seed(spec: TreeSpec, rel: str) -> str:
     return f"{spec.seed}/data/{rel}"
 
 
-def _write_file(path: Path, seed: str, size: int) -> str:
+def write_seeded_file(path: Path, seed: str, size: int) -> str:
+    """Fill `path` with `size` bytes from a PRNG seeded by `seed`; return their sha256."""
     rng = random.Random(seed)
     digest = hashlib.sha256()
     with open(path, "wb") as f:
