@@ -9,6 +9,7 @@ each open is answered is decided in `openmode`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import json
@@ -21,10 +22,10 @@ from cachefs.cache import Cache, CachedObject, CacheState
 from cachefs.kernel.ops import Connection, DirEntry, Entry, FuseError, Opened, StatFs
 from cachefs.kernel.passthrough import BackingError, BackingFiles
 from cachefs.kernel.wire import ROOT_ID, Attr, DirentType
-from cachefs.remote import RemoteError
+from cachefs.remote import NotFound, RemoteEntry, RemoteError
 
 from .dirahead import DirectoryReadahead
-from .inodes import Inode, InodeTable, child_path
+from .inodes import Inode, InodeTable, child_path, split_path
 from .listings import Listings
 from .openmode import PASSTHROUGH_OPS, HandleMode, KernelOps, choose_mode
 from .stats import Stats
@@ -128,6 +129,7 @@ class Filesystem:
         inode = self._inode(ino)
         if inode.is_dir:
             raise FuseError(errno.EISDIR)
+        await self._revalidate(inode)
         try:
             obj = await self.cache.acquire(inode.path, inode.version, inode.size, inode.mtime)
         except OSError as e:
@@ -157,6 +159,43 @@ class Filesystem:
         inode.handles[mode] += 1
         self.stats.opens[mode.value] += 1
         return Opened(fh, mode.open_flags, inode.backing_id if mode is HandleMode.PASSTHROUGH else 0)
+
+    async def _revalidate(self, inode: Inode) -> None:
+        """After the TTL, check with the remote that `inode`'s version is current.
+
+        A changed object is a new inode: we record the new version, drop the
+        kernel's dentry and answer ESTALE, on which the kernel repeats the
+        path walk once with a forced LOOKUP and opens the new inode. Handles
+        on the old inode keep reading the old version's data file.
+        """
+        now = time.time()
+        if now - inode.validated_at < self.ttl:
+            return
+        directory, name = split_path(inode.path)
+        listing = self.listings.fresh(directory)
+        current = listing.entries.get(name) if listing is not None else None
+        if current is None or current.version != inode.version:
+            try:
+                current = await self.cache.remote.stat(inode.path)
+            except NotFound:
+                current = None
+            except RemoteError as e:
+                # Offline or failing: keep serving the version we have.
+                log.debug("cannot revalidate %r: %s", inode.path, e)
+                return
+        if current is not None and current.version == inode.version:
+            inode.validated_at = now
+            return
+        log.info("%r changed on the remote; new opens get the new version", inode.path)
+        await self.listings.update_entry(directory, name, current and _renamed(current, name))
+        await self._invalidate_dentry(directory, name)
+        raise FuseError(errno.ESTALE if current is not None else errno.ENOENT)
+
+    async def _invalidate_dentry(self, directory: str, name: str) -> None:
+        parent = self.inodes.find_dir(directory)
+        notify = self.connection.notify_inval_entry if self.connection else None
+        if parent is not None and notify is not None:
+            await notify(parent.ino, name.encode("utf-8", "surrogateescape"))
 
     def _read_ahead_siblings(self, inode: Inode) -> None:
         directory, _, name = inode.path.rpartition("/")
@@ -280,3 +319,8 @@ class Filesystem:
         if state is CacheState.PARTIAL:
             return f"partial {cached}/{inode.size}"
         return state.value
+
+
+def _renamed(entry: RemoteEntry, name: str) -> RemoteEntry:
+    """A stat result under the name its listing uses."""
+    return dataclasses.replace(entry, name=name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import stat
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -31,6 +32,8 @@ class Inode:
     mtime: float
     version: str
     nlookup: int = 0
+    # When the remote last confirmed this version (listing or stat).
+    validated_at: float = field(default_factory=time.time)
     # Open handles by mode; see openmode for the rule that keeps them apart.
     handles: Counter[HandleMode] = field(default_factory=Counter)
     backing_id: int = 0  # registered while passthrough handles are open
@@ -56,6 +59,12 @@ def child_path(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
+def split_path(path: str) -> tuple[str, str]:
+    """(parent directory, name) of a non-root path."""
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
 class InodeTable:
     """Maps node ids to inodes and (path, version) back to node ids."""
 
@@ -70,6 +79,10 @@ class InodeTable:
 
     def get(self, ino: int) -> Inode | None:
         return self._by_ino.get(ino)
+
+    def find_dir(self, path: str) -> Inode | None:
+        """The directory inode of `path`, if the kernel knows it."""
+        return self._by_path.get((path, ""))
 
     def for_entry(self, parent: Inode, entry: RemoteEntry) -> Inode:
         """The inode of `entry` under `parent`: reused while its version holds."""

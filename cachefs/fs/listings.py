@@ -48,6 +48,25 @@ class Listings:
     def _fresh(self, listing: Listing | None) -> bool:
         return listing is not None and time.time() - listing.fetched_at < self.ttl
 
+    def fresh(self, path: str) -> Listing | None:
+        """The listing in memory if it is younger than the TTL; never fetches."""
+        listing = self._mem.get(path)
+        return listing if self._fresh(listing) else None
+
+    async def update_entry(self, directory: str, name: str, entry: RemoteEntry | None) -> None:
+        """Record what a stat found: a new version of `name`, or (None) its deletion."""
+        listing = self._mem.get(directory) or self._load(directory)
+        if listing is None:
+            return
+        entries = dict(listing.entries)
+        if entry is None:
+            entries.pop(name, None)
+        else:
+            entries[name] = entry
+        # A new Listing: sorted order and positions are derived per listing.
+        self._mem[directory] = Listing(listing.fetched_at, entries)
+        await self._db.put_listing(directory, listing.fetched_at, [dataclasses.asdict(e) for e in entries.values()])
+
     def cached(self, path: str) -> Listing | None:
         """The listing in memory, however old; never fetches."""
         return self._mem.get(path)

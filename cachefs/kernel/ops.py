@@ -7,6 +7,7 @@ format. Raising `FuseError(errno)` answers a request with that error.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,6 +74,8 @@ class Connection:
     max_pages: int
     passthrough: bool = False  # the kernel granted FUSE_PASSTHROUGH
     backing: BackingFiles | None = None  # set when passthrough was granted
+    # Drop the kernel's cached dentry (parent node id, name).
+    notify_inval_entry: Callable[[int, bytes], Awaitable[None]] | None = None
 
 
 class Operations(Protocol):

@@ -175,6 +175,27 @@ class Session:
         if scope.cancelled_caught:
             self._reply_error(hdr.unique, errno.EINTR)
 
+    # --- notifications -------------------------------------------------------
+
+    async def notify_inval_entry(self, parent: int, name: bytes) -> None:
+        """Make the kernel forget its cached dentry `name` in directory `parent`.
+
+        Written from a worker thread: the kernel takes the directory's lock
+        for this, and a LOOKUP in that directory may hold it while it waits
+        for our answer, which this thread must stay free to send.
+        """
+        body = wire.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0"
+        header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(body), wire.NotifyCode.INVAL_ENTRY, 0)
+        await trio.to_thread.run_sync(self._write_notification, [header, body])
+
+    def _write_notification(self, parts: list[bytes]) -> None:
+        try:
+            os.writev(self.fd, parts)
+        except OSError as e:
+            # ENOENT: the kernel had no such entry cached; nothing to undo.
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                log.warning("kernel notification failed: %s", os.strerror(e.errno))
+
     # --- replies -------------------------------------------------------------
 
     def _write(self, parts: list[bytes]) -> None:
@@ -230,6 +251,7 @@ class Session:
             major=major, minor=minor, flags=granted, max_readahead=max_readahead,
             max_pages=MAX_PAGES, passthrough=passthrough,
             backing=BackingFiles(self.fd) if passthrough else None,
+            notify_inval_entry=self.notify_inval_entry,
         )
         log.debug("INIT: kernel %d.%d, granted flags %#x", major, minor, granted)
         try:
