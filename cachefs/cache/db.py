@@ -54,6 +54,13 @@ class ChunkRecord:
     nchunks: int  # chunks in the whole object
 
 
+_OBJECT_COLUMNS = "id, key, version, size, mtime, chunk_size, data_name, bytes_cached, complete"
+
+
+def _object_row(row: tuple) -> ObjectRow:
+    return ObjectRow(*row[:8], complete=bool(row[8]))
+
+
 def _connect(path: Path, *, check_same_thread: bool) -> Database:
     conn = sqlite3.connect(path, check_same_thread=check_same_thread, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -92,15 +99,48 @@ class CacheDB:
 
     def find_object(self, key: str, version: str) -> ObjectRow | None:
         row = self._reader.conn.execute(
-            "SELECT id, key, version, size, mtime, chunk_size, data_name, bytes_cached, complete"
-            " FROM objects WHERE key = ? AND version = ?",
-            (key, version),
+            f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE key = ? AND version = ?", (key, version)
         ).fetchone()
-        return ObjectRow(*row[:8], complete=bool(row[8])) if row else None
+        return _object_row(row) if row else None
 
     def chunks_of(self, object_id: int) -> set[int]:
         rows = self._reader.conn.execute("SELECT idx FROM chunks WHERE object_id = ?", (object_id,))
         return {r[0] for r in rows}
+
+    def bytes_cached(self) -> int:
+        return self._reader.conn.execute("SELECT COALESCE(SUM(bytes_cached), 0) FROM objects").fetchone()[0]
+
+    def eviction_candidates(self, limit: int) -> list[ObjectRow]:
+        """Cached objects not pinned, least recently opened first."""
+        rows = self._reader.conn.execute(
+            f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bytes_cached > 0"
+            " AND key NOT IN (SELECT key FROM pins) ORDER BY last_access LIMIT ?",
+            (limit,),
+        )
+        return [_object_row(r) for r in rows]
+
+    def objects_under(self, path: str) -> list[ObjectRow]:
+        """Objects at `path` or below it ('' is every object)."""
+        if not path:
+            rows = self._reader.conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects")
+        else:
+            # substr, not LIKE: paths may hold '%' and '_'.
+            rows = self._reader.conn.execute(
+                f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE key = ? OR substr(key, 1, ?) = ?",
+                (path, len(path) + 1, path + "/"),
+            )
+        return [_object_row(r) for r in rows]
+
+    async def delete_object(self, object_id: int) -> None:
+        """Forget an object and its chunks (before its file is removed)."""
+        await self.write(lambda db: db.conn.execute("DELETE FROM objects WHERE id = ?", (object_id,)))
+
+    @staticmethod
+    def touch(db: Database, accessed: dict[int, float]) -> None:
+        """Record when objects were last opened; call through `write`."""
+        db.conn.executemany(
+            "UPDATE objects SET last_access = ? WHERE id = ?", [(t, i) for i, t in accessed.items()]
+        )
 
     @staticmethod
     def insert_object(

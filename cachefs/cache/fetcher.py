@@ -17,6 +17,7 @@ import trio
 from cachefs.remote import Remote, RemoteError
 from cachefs.remote.base import BadResponse
 
+from .evictor import Evictor
 from .journal import Journal
 from .objects import CachedObject, ChunkFetch
 from .slots import FetchSlots, Priority
@@ -41,11 +42,13 @@ class ChunkFetcher:
         self,
         remote: Remote,
         journal: Journal,
+        evictor: Evictor,
         nursery: trio.Nursery,
         release: Callable[[CachedObject], None],
     ) -> None:
         self._remote = remote
         self._journal = journal
+        self._evictor = evictor
         self._nursery = nursery
         self._release = release
         self._slots = FetchSlots(MAX_INFLIGHT, SLOT_CAPS)
@@ -86,8 +89,16 @@ class ChunkFetcher:
 
     async def _fetch(self, obj: CachedObject, idx: int, fetch: ChunkFetch) -> None:
         try:
+            start, end = obj.chunk_span(idx)
             async with self._slots.hold(fetch.ticket):
-                await self._fetch_with_retries(obj, idx)
+                # Reserved only once it may start, so queued fetches hold no room.
+                await self._evictor.make_room(end - start)
+                written = 0
+                try:
+                    await self._fetch_with_retries(obj, idx)
+                    written = end - start
+                finally:
+                    self._evictor.written(end - start, written)
             obj.present.add(idx)
             self._journal.add(obj, idx)
         except RemoteError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import trio
@@ -31,11 +32,17 @@ class Journal:
         self._db = db
         self._release = release  # drops the use each queued chunk holds
         self._pending: list[tuple[CachedObject, int]] = []
+        self._opened: dict[CachedObject, float] = {}  # last open time, for LRU
         self._wakeup = trio.Event()
 
     def add(self, obj: CachedObject, idx: int) -> None:
         obj.uses += 1
         self._pending.append((obj, idx))
+        self._wakeup.set()
+
+    def opened(self, obj: CachedObject) -> None:
+        """Note that `obj` was opened now (recorded with the next batch)."""
+        self._opened[obj] = time.time()
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -51,7 +58,15 @@ class Journal:
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
+        opened, self._opened = self._opened, {}
         self._wakeup = trio.Event()
+        # Access times of objects without a row yet are set when it is made.
+        accessed = {obj.object_id: t for obj, t in opened.items() if obj.object_id is not None}
+        if accessed:
+            try:
+                await self._db.write(lambda db: CacheDB.touch(db, accessed))
+            except Exception:
+                log.exception("could not record access times")
         if batch:
             try:
                 await trio.to_thread.run_sync(self._sync_files, batch)

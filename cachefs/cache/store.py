@@ -22,7 +22,8 @@ import trio
 
 from cachefs.remote import Remote
 
-from .db import CacheDB
+from .db import CacheDB, ObjectRow
+from .evictor import EvictResult, Evictor
 from .fetcher import CHUNK_SIZE, ChunkFetcher
 from .journal import Journal
 from .objects import CachedObject
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+DEFAULT_MIN_FREE = 1 << 30  # keep 1 GiB free on the cache's disk
 
 
 class CacheBusy(Exception):
@@ -68,7 +70,15 @@ def prepare_dir(path: Path) -> None:
 class Cache:
     """Cached objects of one source. Use `async with cache.running():`."""
 
-    def __init__(self, cache_dir: Path, remote: Remote, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        remote: Remote,
+        *,
+        cap_bytes: int | None = None,
+        min_free_bytes: int = DEFAULT_MIN_FREE,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
         self.root = source_dir(cache_dir, remote.source)
         prepare_dir(self.root)
         self.data_dir = self.root / "data"
@@ -80,6 +90,7 @@ class Cache:
         self._objects: dict[tuple[str, str], CachedObject] = {}
         self._loading: dict[tuple[str, str], trio.Event] = {}
         self.journal = Journal(self.db, self.release)
+        self.evictor = Evictor(self.db, self._data_path, self._in_use, cap_bytes, min_free_bytes)
         self._fetcher: ChunkFetcher | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -104,8 +115,9 @@ class Cache:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._fetcher = ChunkFetcher(self.remote, self.journal, nursery, self.release)
+                self._fetcher = ChunkFetcher(self.remote, self.journal, self.evictor, nursery, self.release)
                 nursery.start_soon(self.journal.run)
+                nursery.start_soon(self.evictor.run)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -129,9 +141,11 @@ class Cache:
         """The cached object for this version, opened; pair with `release`."""
         ident = (key, version)
         while (obj := self._objects.get(ident)) is None:
-            loading = self._loading.get(ident)
-            if loading is not None:
-                await loading.wait()  # then look again: it may have failed
+            busy = self._loading.get(ident)
+            if busy is None:
+                busy = self.evictor.evicting.get(ident)
+            if busy is not None:
+                await busy.wait()  # then look again: a load may have failed
                 continue
             loading = self._loading[ident] = trio.Event()
             try:
@@ -140,7 +154,19 @@ class Cache:
                 del self._loading[ident]
                 loading.set()
         obj.uses += 1
+        self.journal.opened(obj)
         return obj
+
+    def _in_use(self, key: str, version: str) -> bool:
+        """Whether an object is open, being fetched, loaded or recorded."""
+        return (key, version) in self._objects or (key, version) in self._loading
+
+    def _data_path(self, row: ObjectRow) -> Path:
+        return self.data_dir / row.data_name[:2] / row.data_name
+
+    async def evict_keys(self, keys: list[str]) -> EvictResult:
+        """Evict what is cached at or under `keys` (`cachefs evict`)."""
+        return await self.evictor.evict_keys(keys)
 
     def peek(self, key: str, version: str) -> CachedObject | None:
         """The object if some handle or fetch has it open, without a new use."""

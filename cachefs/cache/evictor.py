@@ -1,0 +1,138 @@
+"""Keeps the cache under its size cap and the disk above its free-space floor.
+
+The evictor is the cache's accountant: bytes in data files, plus bytes
+reserved by chunk downloads in flight. A download reserves its chunk before
+it starts (`make_room`), evicting first if needed, so the cap holds within
+one chunk per active download. Victims are the least recently opened
+objects; an object in use (open handle, backing id, fetch or unflushed
+record) or pinned is never evicted. An object's record is deleted before
+its file, so a crash can leave an orphan file (fsck removes it) but never a
+record of data that is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .db import CacheDB, ObjectRow
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 5.0  # seconds between checks of the free-space floor
+CANDIDATES_PER_ROUND = 256
+
+
+@dataclass
+class EvictResult:
+    files: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)  # open or pinned
+
+
+class Evictor:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        db: CacheDB,
+        data_path: Callable[[ObjectRow], Path],
+        in_use: Callable[[str, str], bool],
+        cap_bytes: int | None,
+        min_free_bytes: int,
+    ) -> None:
+        self._db = db
+        self._data_path = data_path
+        self._in_use = in_use
+        self.cap_bytes = cap_bytes
+        self.min_free_bytes = min_free_bytes
+        self.used_bytes = db.bytes_cached()
+        self._reserved = 0
+        self._lock = trio.Lock()
+        self._warned_stuck = False
+        # Objects being evicted now, by (key, version); opens wait for them.
+        self.evicting: dict[tuple[str, str], trio.Event] = {}
+
+    # --- accounting ----------------------------------------------------------
+
+    def _free_disk(self) -> int:
+        st = os.statvfs(self._db.path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def _excess(self, incoming: int = 0) -> int:
+        """Bytes to free before `incoming` more bytes may be written."""
+        over_cap = 0
+        if self.cap_bytes is not None:
+            over_cap = self.used_bytes + self._reserved + incoming - self.cap_bytes
+        under_floor = self.min_free_bytes - (self._free_disk() - self._reserved - incoming)
+        return max(over_cap, under_floor, 0)
+
+    async def make_room(self, nbytes: int) -> None:
+        """Reserve `nbytes` for a download, evicting first if needed."""
+        if self._excess(nbytes):
+            await self._evict_lru(nbytes)
+        self._reserved += nbytes
+
+    def written(self, reserved: int, actual: int) -> None:
+        """A download ended: turn its reservation into `actual` cached bytes."""
+        self._reserved -= reserved
+        self.used_bytes += actual
+
+    # --- eviction ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Check the cap and the floor now and then: other programs fill disks too."""
+        while True:
+            if self._excess():
+                await self._evict_lru(0)
+            await trio.sleep(CHECK_INTERVAL)
+
+    async def _evict_lru(self, incoming: int) -> None:
+        """Evict least recently used objects until `incoming` bytes fit."""
+        async with self._lock:
+            # Measured under the lock: another eviction may just have made room.
+            need = self._excess(incoming)
+            freed = 0
+            for row in self._db.eviction_candidates(CANDIDATES_PER_ROUND):
+                if freed >= need:
+                    break
+                if not self._in_use(row.key, row.version):
+                    freed += await self._drop(row)
+            if freed < need and not self._warned_stuck:
+                self._warned_stuck = True
+                log.warning("cannot free %d bytes: what is left is open or pinned; "
+                            "the cache stays over its limit until files are closed", need - freed)
+            elif freed >= need:
+                self._warned_stuck = False
+
+    async def evict_keys(self, keys: list[str]) -> EvictResult:
+        """Evict every object at or under each of `keys` ('' is everything)."""
+        result = EvictResult()
+        async with self._lock:
+            for key in keys:
+                for row in self._db.objects_under(key):
+                    if self._in_use(row.key, row.version) or self._db.is_pinned(row.key):
+                        result.skipped.append(row.key)
+                        continue
+                    result.bytes += await self._drop(row)
+                    result.files += 1
+        return result
+
+    async def _drop(self, row: ObjectRow) -> int:
+        ident = (row.key, row.version)
+        done = self.evicting[ident] = trio.Event()
+        try:
+            await self._db.delete_object(row.id)
+            path = self._data_path(row)
+            await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+        finally:
+            del self.evicting[ident]
+            done.set()
+        self.used_bytes -= row.bytes_cached
+        log.debug("evicted %s (%d bytes)", row.key, row.bytes_cached)
+        return row.bytes_cached
