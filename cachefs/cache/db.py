@@ -82,6 +82,11 @@ class CacheDB:
             raise CorruptDatabase(f"cache database {path} is unusable: {e}") from e
         self._write_limiter = trio.CapacityLimiter(1)
 
+    def set_meta(self, key: str, value: str) -> None:
+        """A setting of this cache; written once at start-up, before serving."""
+        with self._writer.conn:
+            self._writer.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     def close(self) -> None:
         self._reader.conn.close()
         self._writer.conn.close()

@@ -85,6 +85,9 @@ class Cache:
         self._make_fanout_dirs()
         self._lock_fd = self._take_lock()
         self.db = CacheDB(self.root / "state.db")
+        # The folder is named by a hash of the source: keep the source itself
+        # so offline tools (fsck --verify-remote) can reach it.
+        self.db.set_meta("source", remote.source)
         self.remote = remote
         self.chunk_size = chunk_size
         self._objects: dict[tuple[str, str], CachedObject] = {}

@@ -136,6 +136,10 @@ class Filesystem:
             log.error("cannot open the cache file of %r: %s", inode.path, e)
             raise FuseError(errno.EIO) from e
         try:
+            if obj.complete:
+                self.stats.hits += 1
+            else:
+                self.stats.misses += 1
             if obj.nchunks <= 1:
                 # Small files come whole: one request, and later opens are
                 # served from the complete file. Its own fetch is queued

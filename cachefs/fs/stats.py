@@ -10,6 +10,8 @@ class Stats:
     """Daemon counters; monotonic except `backing_ids_open`."""
 
     opens: dict[str, int] = field(default_factory=lambda: {"daemon": 0, "page-cache": 0, "passthrough": 0})
+    hits: int = 0  # opens of files already complete in the cache
+    misses: int = 0  # opens of files that needed fetching
     fuse_reads: int = 0  # READ requests the daemon served
     bytes_served: int = 0  # bytes those requests returned
     backing_ids_open: int = 0

@@ -142,13 +142,16 @@ class NginxStore:
     """
 
     def __init__(
-        self, root: Path, workdir: Path, *, workers: int = 1, slow_rate: int = DEFAULT_SLOW_RATE
+        self, root: Path, workdir: Path, *, workers: int = 1, slow_rate: int = DEFAULT_SLOW_RATE,
+        port: int = 0,
     ) -> None:
+        """`port` 0 picks a free one; a fixed port lets a test restart the store in place."""
         self.root = Path(root).resolve()
         self.workdir = Path(workdir).resolve()
         self.workers = workers
         self.slow_rate = slow_rate
-        self.port = 0
+        self._fixed_port = port
+        self.port = port
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- paths inside workdir -------------------------------------------------
@@ -201,7 +204,7 @@ class NginxStore:
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         last_error = ""
         for _ in range(BIND_ATTEMPTS):
-            self.port = free_port()
+            self.port = self._fixed_port or free_port()
             self.conf_path.write_text(self._config(disabled))
             with open(self._output_path, "wb") as out:
                 self._proc = subprocess.Popen(
