@@ -68,7 +68,7 @@ def prepare_dir(path: Path) -> None:
 
 
 class Cache:
-    """Cached objects of one source. Use `async with cache.running():`."""
+    """Cached objects of one source; `run()` must be running in a nursery to fetch."""
 
     def __init__(
         self,
