@@ -191,6 +191,16 @@ def access_log(store: NginxStore) -> NginxStore:
 # -- mounts --------------------------------------------------------------------
 
 
+def _find_logs(top: Path) -> list[Path]:
+    """daemon.log files below `top`, stepping around mounts (a dead one fails
+    every access with ENOTCONN)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top, onerror=lambda e: None):
+        dirnames[:] = [d for d in dirnames if not os.path.ismount(os.path.join(dirpath, d))]
+        found += [Path(dirpath) / f for f in filenames if f == "daemon.log"]
+    return found
+
+
 @dataclass
 class Mounted:
     mountpoint: Path
@@ -256,7 +266,7 @@ class Mounter:
             cache_dirs = [self.base]  # every cache dir this test made lies below
         parts = []
         for cache_dir in cache_dirs:
-            for log in sorted(Path(cache_dir).rglob("daemon.log")):
+            for log in sorted(_find_logs(Path(cache_dir))):
                 lines = log.read_text("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
                 parts.append(f"--- {log}\n" + "\n".join(lines))
         return "\n".join(parts)

@@ -312,6 +312,8 @@ class Filesystem:
         """absent, partial BYTES/SIZE, complete, or passthrough opens=N."""
         if inode.kernel_ops:
             return f"passthrough opens={inode.handles[HandleMode.PASSTHROUGH]}"
+        if inode.size == 0:
+            return CacheState.COMPLETE.value  # nothing to fetch, nothing recorded
         obj = self.cache.peek(inode.path, inode.version)
         if obj is not None:
             state, cached = obj.state, obj.bytes_present
