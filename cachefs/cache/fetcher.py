@@ -88,6 +88,7 @@ class ChunkFetcher:
         await self.wait(self.start(obj, chunks))
 
     async def _fetch(self, obj: CachedObject, idx: int, fetch: ChunkFetch) -> None:
+        error: BaseException | None = None
         try:
             start, end = obj.chunk_span(idx)
             async with self._slots.hold(fetch.ticket):
@@ -95,27 +96,27 @@ class ChunkFetcher:
                 await self._evictor.make_room(end - start)
                 written = 0
                 try:
-                    await self._fetch_with_retries(obj, idx)
+                    await self._fetch_with_retries(obj, idx, fetch)
                     written = end - start
                 finally:
                     self._evictor.written(end - start, written)
             obj.present.add(idx)
             self._journal.add(obj, idx)
         except RemoteError as e:
-            fetch.error = e
+            error = e
         except OSError as e:
             log.error("writing %s to the cache failed: %s", obj.key, e)
-            fetch.error = e
+            error = e
         finally:
             del obj.inflight[idx]
-            fetch.done.set()
+            fetch.finish(error)
             self._release(obj)
 
-    async def _fetch_with_retries(self, obj: CachedObject, idx: int) -> None:
+    async def _fetch_with_retries(self, obj: CachedObject, idx: int, fetch: ChunkFetch) -> None:
         start, end = obj.chunk_span(idx)
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                await self._fetch_once(obj, start, end)
+                await self._fetch_once(obj, start, end, fetch)
                 return
             except BadResponse as e:
                 if attempt == ATTEMPTS:
@@ -123,13 +124,14 @@ class ChunkFetcher:
                 log.warning("%s bytes %d-%d: %s; retrying", obj.key, start, end, e)
                 await trio.sleep(RETRY_DELAY * attempt)
 
-    async def _fetch_once(self, obj: CachedObject, start: int, end: int) -> None:
+    async def _fetch_once(self, obj: CachedObject, start: int, end: int, fetch: ChunkFetch) -> None:
         pos = start
         async with self._remote.read_range(obj.key, start, end, obj.version) as body:
             async for piece in body:
                 # A write into the page cache: bounded and fast, so inline.
                 os.pwrite(obj.fd, piece, pos)
                 pos += len(piece)
+                fetch.wrote(pos - start)
         self.bytes_fetched += pos - start
         if pos != end:
             raise BadResponse(f"got {pos - start} bytes, expected {end - start}")

@@ -27,11 +27,48 @@ class CacheState(enum.Enum):
 
 @dataclass
 class ChunkFetch:
-    """A fetch in flight; every reader of the chunk waits on the same one."""
+    """A fetch in flight; every reader of the chunk waits on the same one.
+
+    Readers need not wait for the whole chunk: each says how many of its
+    bytes it needs (`wait_for`) and is woken once `written` gets there, so
+    it is answered as soon as its own range is in the data file.
+    """
 
     ticket: Ticket  # its claim on a fetch slot, with its priority
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
+    written: int = 0  # bytes of the chunk in the data file, from its start
+    _waiters: list[tuple[int, trio.Event]] = field(default_factory=list)
+
+    def wrote(self, upto: int) -> None:
+        """The chunk's first `upto` bytes are now in the data file."""
+        if upto <= self.written:
+            return  # a retry rewriting bytes already there
+        self.written = upto
+        if self._waiters:
+            waiting = []
+            for need, event in self._waiters:
+                if need <= upto:
+                    event.set()
+                else:
+                    waiting.append((need, event))
+            self._waiters = waiting
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done.set()
+        for _need, event in self._waiters:
+            event.set()
+        self._waiters = []
+
+    async def wait_for(self, upto: int) -> None:
+        """Return once the chunk's first `upto` bytes are written; raise its error."""
+        if self.written < upto and not self.done.is_set():
+            event = trio.Event()
+            self._waiters.append((upto, event))
+            await event.wait()
+        if self.written < upto and self.error is not None:
+            raise self.error
 
 
 @dataclass(eq=False)

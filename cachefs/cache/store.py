@@ -217,7 +217,15 @@ class Cache:
         waits = self.fetcher.start(obj, chunks)
         if ahead and chunks:
             self.fetcher.start(obj, range(chunks.stop, min(obj.nchunks, chunks.stop + ahead)), Priority.READAHEAD)
-        await self.fetcher.wait(waits)
+        end = min(offset + size, obj.size)
+        for idx in chunks:
+            fetch = obj.inflight.get(idx)
+            if fetch is not None:
+                # Only as far into the chunk as this read needs.
+                chunk_start, chunk_end = obj.chunk_span(idx)
+                await fetch.wait_for(min(end, chunk_end) - chunk_start)
+            elif idx not in obj.present:
+                await self.fetcher.wait(waits)  # it failed: raise its error
         return obj.pread(offset, size)
 
     def prefetch(self, key: str, version: str, size: int, mtime: float) -> None:
