@@ -110,6 +110,18 @@ class Evictor:
             elif freed >= need:
                 self._warned_stuck = False
 
+    async def free(self, nbytes: int) -> int:
+        """Evict at least `nbytes` whatever the limits say (the disk is full);
+        returns how much was freed."""
+        async with self._lock:
+            freed = 0
+            for row in self._db.eviction_candidates(CANDIDATES_PER_ROUND):
+                if freed >= nbytes:
+                    break
+                if not self._in_use(row.key, row.version):
+                    freed += await self._drop(row)
+            return freed
+
     async def evict_keys(self, keys: list[str]) -> EvictResult:
         """Evict every object at or under each of `keys` ('' is everything)."""
         result = EvictResult()

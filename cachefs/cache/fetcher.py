@@ -8,6 +8,7 @@ another reader (or read-ahead) is waiting for.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -96,7 +97,15 @@ class ChunkFetcher:
                 await self._evictor.make_room(end - start)
                 written = 0
                 try:
-                    await self._fetch_with_retries(obj, idx, fetch)
+                    try:
+                        await self._fetch_with_retries(obj, idx, fetch)
+                    except OSError as e:
+                        # The disk filled up (other programs, or a floor of 0):
+                        # make room from the least recently used and try once more.
+                        if e.errno != errno.ENOSPC or not await self._evictor.free(2 * (end - start)):
+                            raise
+                        log.warning("cache disk full; evicted old files to make room")
+                        await self._fetch_with_retries(obj, idx, fetch)
                     written = end - start
                 finally:
                     self._evictor.written(end - start, written)
@@ -129,9 +138,19 @@ class ChunkFetcher:
         async with self._remote.read_range(obj.key, start, end, obj.version) as body:
             async for piece in body:
                 # A write into the page cache: bounded and fast, so inline.
-                os.pwrite(obj.fd, piece, pos)
+                _write_all(obj.fd, piece, pos)
                 pos += len(piece)
                 fetch.wrote(pos - start)
         self.bytes_fetched += pos - start
         if pos != end:
             raise BadResponse(f"got {pos - start} bytes, expected {end - start}")
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite all of `data`. A nearly full disk writes short before it fails
+    (ENOSPC); ignoring the count would record a hole of zeros as cached."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        offset += written
+        view = view[written:]

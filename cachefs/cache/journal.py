@@ -69,8 +69,9 @@ class Journal:
                 log.exception("could not record access times")
         if batch:
             try:
-                await trio.to_thread.run_sync(self._sync_files, batch)
-                new_ids = await self._db.write(lambda db: self._record(db, batch))
+                failed = await trio.to_thread.run_sync(self._sync_files, batch)
+                durable = self._forget_unsynced(batch, failed) if failed else batch
+                new_ids = await self._db.write(lambda db: self._record(db, durable))
                 # Only now, after the commit, do the new rows exist.
                 for obj, object_id in new_ids.items():
                     obj.object_id = object_id
@@ -82,9 +83,26 @@ class Journal:
                     self._release(obj)
 
     @staticmethod
-    def _sync_files(batch: list[tuple[CachedObject, int]]) -> None:
+    def _sync_files(batch: list[tuple[CachedObject, int]]) -> set[CachedObject]:
+        """fdatasync each object's file once; return those that failed."""
+        failed = set()
         for obj in {id(o): o for o, _ in batch}.values():
-            os.fdatasync(obj.fd)
+            try:
+                os.fdatasync(obj.fd)
+            except OSError as e:
+                log.error("cannot make %s durable: %s", obj.key, e.strerror)
+                failed.add(obj)
+        return failed
+
+    @staticmethod
+    def _forget_unsynced(
+        batch: list[tuple[CachedObject, int]], failed: set[CachedObject]
+    ) -> list[tuple[CachedObject, int]]:
+        """Chunks whose write-back failed may read back wrong: fetch them again."""
+        for obj, idx in batch:
+            if obj in failed:
+                obj.present.discard(idx)
+        return [(obj, idx) for obj, idx in batch if obj not in failed]
 
     @staticmethod
     def _record(db: Database, batch: list[tuple[CachedObject, int]]) -> dict[CachedObject, int]:

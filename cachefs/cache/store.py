@@ -180,6 +180,11 @@ class Cache:
         if obj.uses == 0:
             obj.close()
             del self._objects[(obj.key, obj.version)]
+            if obj.object_id is None:
+                # Nothing of it was ever recorded, so nothing in the file
+                # will be trusted: remove it rather than leave an orphan. Done
+                # here, before any other task runs, so no new open can race it.
+                obj.path.unlink(missing_ok=True)
 
     async def _load(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
         row = self.db.find_object(key, version)

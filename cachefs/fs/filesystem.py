@@ -150,6 +150,10 @@ class Filesystem:
         except RemoteError as e:
             self.cache.release(obj)
             raise FuseError(e.errno) from e
+        except OSError as e:
+            # Logged where it happened (the fetcher); the disk is full or failing.
+            self.cache.release(obj)
+            raise FuseError(errno.EIO) from e
         except BaseException:
             self.cache.release(obj)
             raise

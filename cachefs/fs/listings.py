@@ -35,6 +35,15 @@ class Listing:
         return {name: i for i, name in enumerate(self.order)}
 
 
+@dataclasses.dataclass
+class _Fetch:
+    """One listing request; concurrent look-ups share its outcome."""
+
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    entries: dict[str, RemoteEntry] | None = None
+    error: RemoteError | None = None
+
+
 class Listings:
     """Directory path -> entries, with a TTL and single-flight fetches."""
 
@@ -43,7 +52,7 @@ class Listings:
         self._db = db
         self.ttl = ttl
         self._mem: dict[str, Listing] = {}
-        self._inflight: dict[str, trio.Event] = {}
+        self._inflight: dict[str, _Fetch] = {}
 
     def _fresh(self, listing: Listing | None) -> bool:
         return listing is not None and time.time() - listing.fetched_at < self.ttl
@@ -72,23 +81,34 @@ class Listings:
         return self._mem.get(path)
 
     async def get(self, path: str) -> dict[str, RemoteEntry]:
-        """The entries of directory `path`; raises RemoteError (e.g. NotFound)."""
+        """The entries of directory `path`; raises RemoteError (e.g. NotFound).
+
+        Offline, a listing older than the TTL is still served.
+        """
         while True:
-            listing = self._mem.get(path)
+            listing = self._mem.get(path) or self._load(path)
             if self._fresh(listing):
                 return listing.entries
-            if listing is None:
-                listing = self._load(path)
-                if self._fresh(listing):
+            fetch = self._inflight.get(path)
+            if fetch is None:
+                fetch = self._inflight[path] = _Fetch()
+                try:
+                    fetch.entries = await self._fetch(path)
+                except RemoteError as e:
+                    fetch.error = e
+                finally:
+                    del self._inflight[path]
+                    fetch.done.set()
+            else:
+                await fetch.done.wait()
+            if fetch.entries is not None:
+                return fetch.entries
+            if fetch.error is not None:
+                if listing is not None and not isinstance(fetch.error, NotFound):
+                    log.debug("listing %r failed (%s); using the cached listing", path, fetch.error)
                     return listing.entries
-            pending = self._inflight.get(path)
-            if pending is None:
-                break
-            await pending.wait()
-            if path not in self._mem:
-                # The other fetch failed; try ourselves for an error to raise.
-                break
-        return await self._fetch(path, stale=listing)
+                raise fetch.error
+            # The fetching request was interrupted: try again.
 
     def _load(self, path: str) -> Listing | None:
         stored = self._db.get_listing(path)
@@ -99,18 +119,8 @@ class Listings:
         self._mem[path] = listing
         return listing
 
-    async def _fetch(self, path: str, stale: Listing | None) -> dict[str, RemoteEntry]:
-        done = self._inflight[path] = trio.Event()
-        try:
-            entries = await self._remote.list_dir(path)
-        except RemoteError as e:
-            if stale is not None and not isinstance(e, NotFound):
-                log.warning("listing %r failed (%s); using the cached listing", path, e)
-                return stale.entries
-            raise
-        finally:
-            del self._inflight[path]
-            done.set()
+    async def _fetch(self, path: str) -> dict[str, RemoteEntry]:
+        entries = await self._remote.list_dir(path)
         now = time.time()
         self._mem[path] = Listing(now, {e.name: e for e in entries})
         await self._db.put_listing(path, now, [dataclasses.asdict(e) for e in entries])

@@ -316,7 +316,8 @@ class Session:
                 break
             out.append(packed)
             used += len(packed)
-        return out
+        # One buffer: a reply of many entries would exceed writev's IOV_MAX pieces.
+        return [b"".join(out)]
 
     async def _readdirplus(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
@@ -332,7 +333,7 @@ class Session:
                 continue
             out.append(wire.pack_direntplus(entry_bytes, e.ino, e.offset, e.dtype, e.name))
             used += need
-        return out
+        return [b"".join(out)]
 
     async def _plus_entry(self, parent: int, e: DirEntry) -> bytes | None:
         if e.name in (b".", b".."):
