@@ -17,11 +17,15 @@ import time
 from pathlib import Path
 
 from cachefs.cache import CacheDirError, default_cache_dir
-from cachefs.cache.store import prepare_dir
+from cachefs.cache.store import DEFAULT_MIN_FREE, prepare_dir
+from cachefs.units import parse_size
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
 
 from .cli_prefetch import PrefetchError
+from .cli_cache import CacheToolError
+from cachefs.remote import S3Options
+
 from .daemon import MountConfig, StartupError, serve, state_file
 
 log = logging.getLogger("cachefs")
@@ -154,9 +158,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
         mountpoint=mountpoint,
         cache_dir=cache_dir.resolve(),
         metadata_ttl=args.metadata_ttl,
+        cap_bytes=args.cache_size,
+        min_free_bytes=args.min_free,
         proxy=args.proxy,
         allow_other=args.allow_other,
         passthrough=not args.no_passthrough,
+        s3=S3Options(
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            profile=args.profile,
+            no_sign_request=args.no_sign_request,
+            force_path_style=args.force_path_style,
+        ),
     )
     if args.foreground:
         os.umask(0o077)
@@ -222,16 +235,31 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cachefs", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="cachefs",
+        description="Mount an HTTP or S3 store read-only, cached on local disk; "
+        "complete files are read by the kernel (FUSE passthrough).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mount a remote store read-only")
-    m.add_argument("source", help="http(s):// URL of a directory index")
+    m.add_argument("source", help="http(s):// URL of a directory index, or s3://BUCKET[/PREFIX]")
     m.add_argument("mountpoint")
     m.add_argument("--cache-dir", help=f"cache directory (default {default_cache_dir()})")
     m.add_argument("--metadata-ttl", type=_positive_float, default=60.0, metavar="SECONDS",
                    help="how long listings and attributes are trusted (default 60)")
+    m.add_argument("--cache-size", type=_size, metavar="SIZE",
+                   help="evict least recently used files to keep the cache under SIZE (e.g. 20G)")
+    m.add_argument("--min-free", type=_size, default=DEFAULT_MIN_FREE, metavar="SIZE",
+                   help="evict to keep at least SIZE free on the cache's disk (default 1G)")
     m.add_argument("--proxy", metavar="URL", help="HTTP proxy for all requests")
     m.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr")
     m.add_argument("--allow-other", action="store_true", help="let other users read the mount")
@@ -239,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve complete files from the daemon (page cache) instead of the kernel")
     m.add_argument("--allow-non-empty", action="store_true", help="mount over a non-empty directory")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s3 = m.add_argument_group("s3:// sources", "credentials come from the standard AWS chain: "
+                              "environment, shared credentials and config files, profiles")
+    s3.add_argument("--endpoint-url", metavar="URL",
+                    help="an S3-compatible service instead of AWS (e.g. http://127.0.0.1:9000)")
+    s3.add_argument("--region", help="the bucket's region (default: the profile's, else us-east-1)")
+    s3.add_argument("--profile", help="a profile from the AWS config and credentials files")
+    s3.add_argument("--no-sign-request", action="store_true",
+                    help="send requests unsigned, for public buckets")
+    s3.add_argument("--force-path-style", action="store_true",
+                    help="address the bucket as ENDPOINT/BUCKET rather than BUCKET.ENDPOINT")
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount and wait for the daemon to finish")
@@ -246,11 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--lazy", action="store_true", help="detach now even if files are open")
     u.set_defaults(func=cmd_umount)
 
-    from . import cli_prefetch, demo
+    from . import cli_bench, cli_cache, cli_prefetch
 
     cli_prefetch.add_parsers(sub)
-    d = sub.add_parser("demo", help="serve a built-in tree locally, mount it, read it cold and warm")
-    d.set_defaults(func=demo.cmd_demo)
+    cli_cache.add_parsers(sub)
+    cli_bench.add_parsers(sub)
     return parser
 
 
@@ -258,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, PrefetchError) as e:
+    except (UserError, PrefetchError, CacheToolError) as e:
         print(f"cachefs: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

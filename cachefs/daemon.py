@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from cachefs.cache import Cache, CacheBusy, CacheDirError
+from cachefs.cache.store import DEFAULT_MIN_FREE
 from cachefs.cache.db import CorruptDatabase
 from cachefs.control import server as control_server
 from cachefs.control.commands import Commands
@@ -27,7 +28,8 @@ from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import Prefetcher
 from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
 from cachefs.kernel.mounting import FSTYPE
-from cachefs.remote import NotFound, RemoteError, open_remote
+from cachefs.remote import NotFound, RemoteError, S3Options, open_remote
+from cachefs.remote.health import WatchedRemote
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,13 @@ class MountConfig:
     mountpoint: str
     cache_dir: Path
     metadata_ttl: float = 60.0
+    cap_bytes: int | None = None
+    min_free_bytes: int = DEFAULT_MIN_FREE
     proxy: str | None = None
     allow_other: bool = False
     passthrough: bool = True
+    # Endpoint, region, profile... for s3:// sources; must stay default otherwise.
+    s3: S3Options = S3Options()
 
 
 class StartupError(Exception):
@@ -67,21 +73,26 @@ async def _check_remote(fs: Filesystem) -> None:
     source = fs.cache.remote.source
     try:
         await fs.listings.get("")
-    except NotFound:
-        raise StartupError(f"source {source} not found (HTTP 404)") from None
     except RemoteError as e:
+        # A remote that knows what went wrong (no such bucket, wrong
+        # credentials...) says so in a line of its own.
+        if e.summary:
+            raise StartupError(e.summary) from None
+        if isinstance(e, NotFound):
+            raise StartupError(f"source {source} not found (HTTP 404)") from None
         raise StartupError(f"cannot list {source}: {e}") from None
 
 
 async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
     """Mount and serve until unmounted. Raises StartupError before ready."""
     try:
-        remote = open_remote(config.source, proxy=config.proxy)
+        remote = WatchedRemote(open_remote(config.source, proxy=config.proxy, s3=config.s3))
     except ValueError as e:
         raise StartupError(str(e)) from None
     try:
         try:
-            cache = Cache(config.cache_dir, remote)
+            cache = Cache(config.cache_dir, remote, cap_bytes=config.cap_bytes,
+                          min_free_bytes=config.min_free_bytes)
         except (CacheBusy, CacheDirError, CorruptDatabase) as e:
             raise StartupError(str(e)) from None
         if log_path is not None:

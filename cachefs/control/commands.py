@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from cachefs.cache.usage import usage
 from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import DEFAULT_JOBS, Prefetcher
 
@@ -29,7 +30,8 @@ class Commands:
         self._prefetcher = prefetcher
 
     def handlers(self) -> dict[str, Handler]:
-        return {"prefetch": self.prefetch, "cancel": self.cancel, "unpin": self.unpin, "stats": self.stats}
+        return {"prefetch": self.prefetch, "cancel": self.cancel, "unpin": self.unpin, "stats": self.stats,
+                "status": self.status, "evict": self.evict}
 
     async def prefetch(self, request: dict) -> AsyncIterator[dict]:
         jobs = request.get("jobs", DEFAULT_JOBS)
@@ -58,3 +60,31 @@ class Commands:
 
     async def stats(self, request: dict) -> AsyncIterator[dict]:
         yield self._fs.stats.as_dict()
+
+    async def status(self, request: dict) -> AsyncIterator[dict]:
+        """The daemon's counters and the cache's figures, for `cachefs status`."""
+        cache = self._fs.cache
+        evictor = getattr(cache, "evictor", None)
+        stats = self._fs.stats.as_dict()
+        # Counters that newer daemons keep; older ones get what we can tell.
+        stats.setdefault("bytes_fetched", cache.fetcher.bytes_fetched)
+        yield {
+            "source": cache.remote.source,
+            "cache_dir": str(cache.root),
+            "stats": stats,
+            "cache": {
+                **usage(cache.db).as_dict(),
+                # The limits live on the evictor; read them wherever they are.
+                "cap_bytes": getattr(cache, "cap_bytes", getattr(evictor, "cap_bytes", None)),
+                "min_free_bytes": getattr(cache, "min_free_bytes", getattr(evictor, "min_free_bytes", 0)),
+            },
+        }
+
+    async def evict(self, request: dict) -> AsyncIterator[dict]:
+        """Drop the cached data of paths (directories: everything below)."""
+        evict_keys = getattr(self._fs.cache, "evict_keys", None)
+        if evict_keys is None:
+            raise RequestError("this daemon does not support eviction yet")
+        # evict_keys takes paths: each drops what is at or under it ('' is all).
+        result = await evict_keys(_paths(request))
+        yield {"files": result.files, "bytes": result.bytes, "skipped": list(result.skipped)}

@@ -1,8 +1,9 @@
 """Remote object stores: the only part of cachefs that speaks HTTP.
 
 `open_remote` turns a source string from the command line into a `Remote`;
-`base` defines that interface and the errors remotes raise. Today a source
-is a plain HTTP(S) server with directory indexes (`http_index`).
+`base` defines that interface and the errors remotes raise. A source is a
+plain HTTP(S) server with directory indexes (`http_index`) or an S3 bucket,
+`s3://BUCKET[/PREFIX]` (`s3`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from .base import (
     RemoteError,
     Unreachable,
     VersionChanged,
+    WrongCredentials,
 )
 from .http_index import HttpIndexRemote
+from .s3 import S3Remote
+from .s3_address import S3Options, is_s3_source, parse_s3_source
 
 __all__ = [
     "AccessDenied",
@@ -29,26 +33,41 @@ __all__ = [
     "Remote",
     "RemoteEntry",
     "RemoteError",
+    "S3Options",
+    "S3Remote",
     "Unreachable",
     "VersionChanged",
+    "WrongCredentials",
     "open_remote",
 ]
 
 _HTTP_SCHEMES = ("http", "https")
 
 
-def open_remote(source: str, *, proxy: str | None = None) -> Remote:
-    """The remote for `source`, e.g. "http://host/data/".
+def open_remote(
+    source: str, *, proxy: str | None = None, s3: S3Options | None = None
+) -> Remote:
+    """The remote for `source`, e.g. "http://host/data/" or "s3://bucket/prefix".
 
-    Raises ValueError with a one-line message for sources we cannot serve.
+    `s3` holds the S3 settings (endpoint, region, profile...), which only an
+    s3:// source may use. Raises ValueError with a one-line message for
+    sources we cannot serve.
     """
+    s3 = s3 or S3Options()
+    if is_s3_source(source):
+        return S3Remote(parse_s3_source(source), s3, proxy=proxy)
+    if not s3.is_default():
+        raise ValueError(
+            "--endpoint-url, --region, --profile, --no-sign-request and "
+            "--force-path-style apply to s3:// sources only"
+        )
     parts = urlsplit(source)
     scheme = parts.scheme.lower()
     if scheme not in _HTTP_SCHEMES:
         shown = scheme or "none"
         raise ValueError(
             f"unsupported source scheme {shown!r} in {source!r}; "
-            "use http:// or https:// (s3:// comes later)"
+            "use http://, https:// or s3://"
         )
     if not parts.hostname:
         raise ValueError(f"source {source!r} has no host name")

@@ -29,9 +29,18 @@ class RemoteEntry:
 
 
 class RemoteError(Exception):
-    """A remote operation failed; `errno` is what a reader should see."""
+    """A remote operation failed; `errno` is what a reader should see.
+
+    `summary`, when given, is a one-line explanation for a person (e.g.
+    "bucket 'x' does not exist"), shown instead of the technical message
+    when a mount cannot be made.
+    """
 
     errno: int = errno.EIO
+
+    def __init__(self, message: str, *, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class NotFound(RemoteError):
@@ -40,6 +49,11 @@ class NotFound(RemoteError):
 
 class AccessDenied(RemoteError):
     errno = errno.EACCES
+
+
+class WrongCredentials(AccessDenied):
+    """The store rejected the credentials themselves: an unknown access key,
+    a bad signature (wrong secret), an expired token."""
 
 
 class Unreachable(RemoteError):

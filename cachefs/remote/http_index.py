@@ -8,7 +8,6 @@ autoindex (HTML or JSON) and Apache mod_autoindex, through an optional proxy.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import quote, unquote
@@ -25,19 +24,24 @@ from .base import (
     Unreachable,
     VersionChanged,
 )
+from .httpcommon import (
+    ExactBody,
+    RetryPolicy,
+    check_range_answer,
+    empty_body,
+    make_client,
+    range_header,
+    send_with_retries,
+)
 from .listing import ListedEntry, Listing, NotAListing, parse_http_date, parse_listing
 from .names import valid_name
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 16
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 30.0
 # Each try waits BACKOFF_BASE_S * 2**n before the next: 0.1 s, then 0.2 s.
 ATTEMPTS = 3
 BACKOFF_BASE_S = 0.1
-# 5xx answers that usually mean "try again shortly" (overload, restarts).
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRIES = RetryPolicy(attempts=ATTEMPTS, base_delay_s=BACKOFF_BASE_S)
 # HEAD requests one listing may have in flight, to find exact sizes.
 HEAD_CONCURRENCY = 8
 
@@ -45,8 +49,6 @@ SECONDS_PER_MINUTE = 60
 # Time zone offsets are whole quarter hours and at most 14 hours.
 ZONE_STEP_S = 15 * SECONDS_PER_MINUTE
 MAX_ZONE_OFFSET_S = 14 * 3600
-
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
 def make_version(size: int, mtime: float) -> str:
@@ -75,23 +77,7 @@ class HttpIndexRemote:
         if not base_url.endswith("/"):
             base_url += "/"
         self.source = base_url
-        # An explicit proxy is used for every host, loopback included (httpx
-        # maps it to "all://"); without one, trust_env applies the usual
-        # HTTP(S)_PROXY / NO_PROXY variables.
-        self._client = httpx.AsyncClient(
-            proxy=proxy,
-            trust_env=True,
-            # Raw bytes must be the object's bytes: no content coding.
-            headers={"Accept-Encoding": "identity"},
-            limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
-            ),
-            # No pool timeout: a request waiting for a free connection waits
-            # for transfers that have their own read timeouts.
-            timeout=httpx.Timeout(
-                connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S, write=READ_TIMEOUT_S, pool=None
-            ),
-        )
+        self._client = make_client(proxy)
         self._head_limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
         self._warned_names: set[tuple[str, str]] = set()
 
@@ -196,17 +182,17 @@ class HttpIndexRemote:
         if not 0 <= start <= end:
             raise ValueError(f"bad range [{start}, {end})")
         if start == end:
-            yield _empty_body()
+            yield empty_body()
             return
         url = self._url(path)
-        headers = {"Range": f"bytes={start}-{end - 1}"}
+        headers = range_header(start, end)
         response = await self._send(
             "GET", url, headers=headers, stream=True, follow_redirects=True
         )
         body = None
         try:
             self._check_range_response(response, url, start, end, version)
-            body = _ExactBody(response, end - start, url)
+            body = ExactBody(response, end - start, url)
             yield body
         finally:
             if body is not None:
@@ -217,27 +203,11 @@ class HttpIndexRemote:
         self, response: httpx.Response, url: str, start: int, end: int, version: str
     ) -> None:
         status = response.status_code
-        if status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
-            if match is None:
-                raise BadResponse(f"{url}: 206 without a usable Content-Range")
-            first, last, total = match.groups()
-            if (int(first), int(last) + 1) != (start, end):
-                raise BadResponse(f"{url}: asked for {start}-{end - 1}, got {first}-{last}")
-            total_size = None if total == "*" else int(total)
-        elif status == 200:
-            # The server ignored Range; fine only if the body is exactly the range.
-            length = response.headers.get("content-length")
-            if start != 0 or length is None or int(length) != end:
-                raise BadResponse(f"{url}: server ignored the Range header")
-            total_size = end
-        elif status == 416 and version:
+        if status == 416 and version:
             raise VersionChanged(f"{url}: range {start}-{end - 1} no longer exists")
-        else:
+        if status not in (200, 206):
             _raise_for_status(response, url)
-        coding = response.headers.get("content-encoding", "identity").strip().lower()
-        if coding not in ("", "identity"):
-            raise BadResponse(f"{url}: unrequested Content-Encoding {coding!r}")
+        total_size = check_range_answer(response, url, start, end)
         _check_version(version, total_size, response.headers.get("last-modified"), url)
 
     # ------------------------------------------------------------ helpers
@@ -261,25 +231,18 @@ class HttpIndexRemote:
         follow_redirects: bool,
     ) -> httpx.Response:
         """Send with bounded retries of transport errors and transient 5xx."""
-        request = self._client.build_request(method, url, headers=headers)
-        failure = ""
-        for attempt in range(ATTEMPTS):
-            if attempt:
-                await trio.sleep(BACKOFF_BASE_S * 2 ** (attempt - 1))
-            try:
-                response = await self._client.send(
-                    request, stream=stream, follow_redirects=follow_redirects
-                )
-            except httpx.UnsupportedProtocol as exc:
-                raise Unreachable(f"{method} {url}: {exc}") from None
-            except httpx.TransportError as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code not in RETRY_STATUSES:
-                return response
-            failure = f"HTTP {response.status_code}"
-            await response.aclose()
-        raise Unreachable(f"{method} {url}: {failure} (after {ATTEMPTS} attempts)")
+
+        async def build() -> httpx.Request:
+            return self._client.build_request(method, url, headers=headers)
+
+        return await send_with_retries(
+            self._client,
+            build,
+            RETRIES,
+            what=f"{method} {url}",
+            stream=stream,
+            follow_redirects=follow_redirects,
+        )
 
 
 def _join(directory: str, name: str) -> str:
@@ -356,44 +319,3 @@ def _raise_for_status(response: httpx.Response, url: str) -> None:
     if code >= 500:
         raise Unreachable(f"{url}: HTTP {code}")
     raise BadResponse(f"{url}: unexpected HTTP {code}")
-
-
-async def _empty_body() -> AsyncIterator[bytes]:
-    for chunk in ():
-        yield chunk
-
-
-class _ExactBody:
-    """The body of a range response, checked to be exactly `expected` bytes.
-
-    Chunks are passed on as httpx hands them over (up to 64 KiB each), never
-    joined or re-sliced: aiter_raw(chunk_size=1 MiB) measured slower, since
-    it joins small reads into a new buffer.
-    """
-
-    def __init__(self, response: httpx.Response, expected: int, url: str) -> None:
-        self._chunks = response.aiter_raw()
-        self._remaining = expected
-        self._url = url
-
-    def __aiter__(self) -> _ExactBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            if self._remaining:
-                raise BadResponse(f"{self._url}: body {self._remaining} bytes short") from None
-            raise
-        except httpx.TimeoutException as exc:
-            raise Unreachable(f"{self._url}: {type(exc).__name__} during body") from None
-        except httpx.TransportError as exc:
-            raise BadResponse(f"{self._url}: body cut short: {exc}") from None
-        self._remaining -= len(chunk)
-        if self._remaining < 0:
-            raise BadResponse(f"{self._url}: body longer than the requested range")
-        return chunk
-
-    async def aclose(self) -> None:
-        await self._chunks.aclose()
