@@ -89,7 +89,7 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
 
     reported = False
 
-    def ready(error: str | None) -> None:
+    def ready(error: str | None, warning: str | None = None) -> None:
         nonlocal reported
         if reported:
             return
@@ -98,9 +98,12 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
             if error:
                 print(f"cachefs: {error}", file=sys.stderr)
             else:
-                log.info("mounted %s at %s", config.source, config.mountpoint)
+                log.info("mounted at %s", config.mountpoint)
+                if warning:
+                    log.warning("%s", warning)
             return
-        os.write(ready_fd, (f"ERR {error}\n" if error else "OK\n").encode())
+        line = f"ERR {error}" if error else (f"OK {warning}" if warning else "OK")
+        os.write(ready_fd, (line.replace("\n", " ") + "\n").encode())
         os.close(ready_fd)
 
     try:
@@ -118,23 +121,40 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
     return 0
 
 
-def _daemonize(config: MountConfig) -> int:
-    """Fork the daemon; return once the mount answers or has failed."""
+def _daemonize(config: MountConfig, log_level: str) -> int:
+    """Start the daemon detached; return once the mount answers or has failed."""
     rfd, wfd = os.pipe()
+    config_r, config_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(rfd)
+        os.close(config_w)
         os.setsid()
         os.umask(0o077)  # cache files hold the user's data: private by default
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os._exit(run_daemon(config, wfd))
+        os.set_inheritable(wfd, True)
+        os.set_inheritable(config_r, True)
+        # A fresh program, so no mount option (a proxy password...) stays in
+        # the daemon's command line; see cachefs.daemon_main.
+        try:
+            os.execv(sys.executable, [sys.executable, "-m", "cachefs.daemon_main",
+                                      "--config-fd", str(config_r), "--ready-fd", str(wfd)])
+        finally:
+            os._exit(127)
     os.close(wfd)
+    os.close(config_r)
+    # Small enough for the pipe's buffer: written before the daemon reads it.
+    with os.fdopen(config_w, "w") as f:
+        json.dump({**config.to_dict(), "log_level": log_level}, f)
     readable, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
     message = os.read(rfd, 4096).decode(errors="replace").strip() if readable else ""
     os.close(rfd)
     if message == "OK":
+        return 0
+    if message.startswith("OK "):
+        print(f"cachefs: warning: {message[3:]}", file=sys.stderr)
         return 0
     if message.startswith("ERR "):
         os.waitpid(pid, 0)
@@ -175,8 +195,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         os.umask(0o077)
         _setup_logging(args.log_level, sys.stderr)
         return run_daemon(config, None)
-    _setup_logging(args.log_level, None)
-    return _daemonize(config)
+    return _daemonize(config, args.log_level)
 
 
 # --- umount ------------------------------------------------------------------

@@ -8,6 +8,7 @@ or a one-line reason why the mount could not be made.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,7 +34,8 @@ from cachefs.remote.health import WatchedRemote
 
 log = logging.getLogger(__name__)
 
-Ready = Callable[[str | None], None]
+# ready(error, warning): error None means mounted; a warning still mounts.
+Ready = Callable[[str | None, str | None], None]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ class MountConfig:
     passthrough: bool = True
     # Endpoint, region, profile... for s3:// sources; must stay default otherwise.
     s3: S3Options = S3Options()
+
+    def to_dict(self) -> dict:
+        """Plain data, to hand the configuration to a detached daemon."""
+        d = dataclasses.asdict(self)
+        d["cache_dir"] = str(self.cache_dir)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MountConfig":
+        return cls(**{**d, "cache_dir": Path(d["cache_dir"]), "s3": S3Options(**d["s3"])})
 
 
 class StartupError(Exception):
@@ -67,7 +79,8 @@ def state_file(mountpoint: str) -> Path:
     return runtime_dir() / (hashlib.sha256(mountpoint.encode()).hexdigest()[:16] + ".json")
 
 
-async def _check_remote(fs: Filesystem) -> None:
+async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
+    """Check the source; returns a warning when only the cache can serve it."""
     # Listing the root through the filesystem both checks the source and
     # warms the listing the first lookup needs.
     source = fs.cache.remote.source
@@ -81,6 +94,10 @@ async def _check_remote(fs: Filesystem) -> None:
         if isinstance(e, NotFound):
             raise StartupError(f"source {source} not found (HTTP 404)") from None
         raise StartupError(f"cannot list {source}: {e}") from None
+    if not remote.reachable:
+        # A cached root listing got us here: offline, serving the cache.
+        return f"{source} is unreachable; serving what is cached until it is back"
+    return None
 
 
 async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
@@ -108,12 +125,14 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
 
 async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
     fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
-    await _check_remote(fs)
+    assert isinstance(cache.remote, WatchedRemote)
+    warning = await _check_remote(fs, cache.remote)
     try:
-        fd = mount(config.mountpoint, MountOptions(source=config.source, allow_other=config.allow_other))
+        # The remote's own source string: credentials given in the URL stay out.
+        fd = mount(config.mountpoint, MountOptions(source=cache.remote.source, allow_other=config.allow_other))
     except MountError as e:
         raise StartupError(str(e)) from None
-    session = Session(fd, fs, want_passthrough=config.passthrough, on_init=lambda _c: ready(None))
+    session = Session(fd, fs, want_passthrough=config.passthrough, on_init=lambda _c: ready(None, warning))
     state = state_file(config.mountpoint)
     control = state.with_suffix(".sock")
     try:
@@ -147,7 +166,7 @@ def _write_state(path: Path, config: MountConfig, cache: Cache, control: Path) -
     info = {
         "mountpoint": config.mountpoint,
         "pid": os.getpid(),
-        "source": config.source,
+        "source": cache.remote.source,
         "cache_dir": str(cache.root),
         "control": str(control),
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,12 @@ class Evictor:
     async def run(self) -> None:
         """Check the cap and the floor now and then: other programs fill disks too."""
         while True:
-            if self._excess():
-                await self._evict_lru(0)
+            try:
+                if self._excess():
+                    await self._evict_lru(0)
+            except (OSError, sqlite3.Error) as e:
+                # A failing disk must not take the daemon down; try again later.
+                log.error("eviction failed: %s", e)
             await trio.sleep(CHECK_INTERVAL)
 
     async def _evict_lru(self, incoming: int) -> None:
@@ -138,10 +143,22 @@ class Evictor:
     async def _drop(self, row: ObjectRow) -> int:
         ident = (row.key, row.version)
         done = self.evicting[ident] = trio.Event()
+        path = self._data_path(row)
         try:
-            await self._db.delete_object(row.id)
-            path = self._data_path(row)
+            try:
+                await self._db.delete_object(row.id)
+            except sqlite3.OperationalError:
+                # Too full even to record the eviction. Removing the file
+                # first is safe too: a record whose data file is gone is
+                # caught when the object is next opened (the new file has
+                # the wrong size) and fetched again. Then record it.
+                await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+                await self._db.delete_object(row.id)
             await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+        except (OSError, sqlite3.Error) as e:
+            # Record kept means file kept (or an orphan for fsck): consistent.
+            log.error("could not evict %s: %s", row.key, e)
+            return 0
         finally:
             del self.evicting[ident]
             done.set()

@@ -8,7 +8,7 @@ plain HTTP(S) server with directory indexes (`http_index`) or an S3 bucket,
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .base import (
     AccessDenied,
@@ -74,4 +74,12 @@ def open_remote(
     if parts.query or parts.fragment:
         raise ValueError(f"source {source!r} must not have a query or fragment")
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
-    return HttpIndexRemote(parts._replace(scheme=scheme, path=path).geturl(), proxy=proxy)
+    # user:password@ becomes basic auth, kept out of the source string that
+    # the mount table, logs, cache folder names and SQLite show.
+    auth = None
+    netloc = parts.netloc
+    if parts.username is not None:
+        auth = (unquote(parts.username), unquote(parts.password or ""))
+        netloc = netloc.rpartition("@")[2]
+    clean = parts._replace(scheme=scheme, netloc=netloc, path=path).geturl()
+    return HttpIndexRemote(clean, proxy=proxy, auth=auth)

@@ -73,11 +73,15 @@ def _parse_version(version: str) -> tuple[int, int] | None:
 class HttpIndexRemote:
     """A read-only store at an HTTP base URL ending in '/'."""
 
-    def __init__(self, base_url: str, *, proxy: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, proxy: str | None = None, auth: tuple[str, str] | None = None
+    ) -> None:
+        """`auth` is HTTP basic auth; `base_url` must not carry credentials,
+        since `source` shows in the mount table, logs and the cache."""
         if not base_url.endswith("/"):
             base_url += "/"
         self.source = base_url
-        self._client = make_client(proxy)
+        self._client = make_client(proxy, auth)
         self._head_limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
         self._warned_names: set[tuple[str, str]] = set()
 

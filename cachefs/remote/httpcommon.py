@@ -46,13 +46,14 @@ class RetryPolicy:
         return 0.0 if attempt == 0 else min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s)
 
 
-def make_client(proxy: str | None = None) -> httpx.AsyncClient:
+def make_client(proxy: str | None = None, auth: tuple[str, str] | None = None) -> httpx.AsyncClient:
     """An async client for object reads: identity coding, bounded waits."""
     # An explicit proxy is used for every host, loopback included (httpx maps
     # it to "all://"); without one, trust_env applies the usual HTTP(S)_PROXY
     # / NO_PROXY variables.
     return httpx.AsyncClient(
         proxy=proxy,
+        auth=auth,
         trust_env=True,
         # Raw bytes must be the object's bytes: no content coding.
         headers={"Accept-Encoding": "identity"},
