@@ -55,6 +55,7 @@ class Evictor:
         self.used_bytes = db.bytes_cached()
         self._reserved = 0
         self._lock = trio.Lock()
+        self._wakeup = trio.Event()
         self._warned_stuck = False
         # Objects being evicted now, by (key, version); opens wait for them.
         self.evicting: dict[tuple[str, str], trio.Event] = {}
@@ -95,7 +96,15 @@ class Evictor:
             except (OSError, sqlite3.Error) as e:
                 # A failing disk must not take the daemon down; try again later.
                 log.error("eviction failed: %s", e)
-            await trio.sleep(CHECK_INTERVAL)
+            with trio.move_on_after(CHECK_INTERVAL):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    def closed(self) -> None:
+        """An object was closed: if the cache is over its cap, evict now
+        rather than at the next check (what was open could not go before)."""
+        if self.cap_bytes is not None and self.used_bytes > self.cap_bytes:
+            self._wakeup.set()
 
     async def _evict_lru(self, incoming: int) -> None:
         """Evict least recently used objects until `incoming` bytes fit."""

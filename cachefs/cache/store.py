@@ -180,6 +180,7 @@ class Cache:
         if obj.uses == 0:
             obj.close()
             del self._objects[(obj.key, obj.version)]
+            self.evictor.closed()
             if obj.object_id is None:
                 # Nothing of it was ever recorded, so nothing in the file
                 # will be trusted: remove it rather than leave an orphan. Done
