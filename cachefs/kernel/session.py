@@ -153,7 +153,11 @@ class Session:
             self._reply_error(hdr.unique, errno.ENOSYS)
         elif op in wire.MODIFYING_OPS:
             self._reply_error(hdr.unique, errno.EROFS)
+        elif op == Opcode.IOCTL:
+            # isatty() and friends ask every file; "not a terminal" is right.
+            self._reply_error(hdr.unique, errno.ENOTTY)
         else:
+            log.debug("opcode %d not implemented", op)
             self._reply_error(hdr.unique, errno.ENOSYS)
 
     async def _run_request(self, hdr: InHeader, body: memoryview) -> None:
