@@ -18,15 +18,15 @@ from pathlib import Path
 
 from cachefs.cache import CacheDirError, default_cache_dir
 from cachefs.cache.store import DEFAULT_MIN_FREE, prepare_dir
-from cachefs.units import parse_size
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
 
+from . import cli_types
 from .cli_prefetch import PrefetchError
 from .cli_cache import CacheToolError
 from cachefs.remote import S3Options
 
-from .daemon import MountConfig, StartupError, serve, state_file
+from .daemon import MountConfig, StartupError, daemon_alive, serve, state_file
 
 log = logging.getLogger("cachefs")
 
@@ -201,17 +201,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
 # --- umount ------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether `pid` still runs. A zombie has finished: the daemon was
-    re-parented when `cachefs mount` exited, and its new parent may be slow
-    to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # The state letter follows the command name in parentheses.
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
 
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.realpath(args.mountpoint)
@@ -234,9 +223,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     # The daemon sees the unmount, flushes its state and exits: wait for it
     # so a new mount on the same cache finds everything recorded.
     deadline = time.monotonic() + EXIT_TIMEOUT
-    while pid is not None and not args.lazy and _pid_alive(pid) and time.monotonic() < deadline:
+    while pid is not None and not args.lazy and daemon_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if pid is not None and not _pid_alive(pid):
+    if pid is not None and not daemon_alive(pid):
         state.unlink(missing_ok=True)
     return 0
 
@@ -244,21 +233,6 @@ def cmd_umount(args: argparse.Namespace) -> int:
 # --- entry point -------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,11 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("source", help="http(s):// URL of a directory index, or s3://BUCKET[/PREFIX]")
     m.add_argument("mountpoint")
     m.add_argument("--cache-dir", help=f"cache directory (default {default_cache_dir()})")
-    m.add_argument("--metadata-ttl", type=_positive_float, default=60.0, metavar="SECONDS",
+    m.add_argument("--metadata-ttl", type=cli_types.seconds, default=60.0, metavar="SECONDS",
                    help="how long listings and attributes are trusted (default 60)")
-    m.add_argument("--cache-size", type=_size, metavar="SIZE",
+    m.add_argument("--cache-size", type=cli_types.size, metavar="SIZE",
                    help="evict least recently used files to keep the cache under SIZE (e.g. 20G)")
-    m.add_argument("--min-free", type=_size, default=DEFAULT_MIN_FREE, metavar="SIZE",
+    m.add_argument("--min-free", type=cli_types.size, default=DEFAULT_MIN_FREE, metavar="SIZE",
                    help="evict to keep at least SIZE free on the cache's disk (default 1G)")
     m.add_argument("--proxy", metavar="URL", help="HTTP proxy for all requests")
     m.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr")

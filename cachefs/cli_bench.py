@@ -19,6 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from .benchmark.system import BenchError, Progress
+from .cli_types import whole_number
 
 if TYPE_CHECKING:  # the benchmark's modules load only when the command runs
     from .benchmark.model import Results
@@ -28,15 +29,6 @@ DEFAULT_JSON = "cachefs-bench.json"
 DEFAULT_CHART = "cachefs-bench.png"
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="measure cold, warm, passthrough, hot and native reads; "
@@ -44,15 +36,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("path", nargs="?", type=Path, metavar="PATH",
                    help="files inside a cachefs mount to measure (default: a built-in local store "
                         "with generated data)")
-    b.add_argument("--big-size", type=_at_least_one, default=256, metavar="MiB",
+    b.add_argument("--big-size", type=whole_number(1), default=256, metavar="MiB",
                    help="built-in run: size of the large file (default 256)")
-    b.add_argument("--small-count", type=_at_least_one, default=500, metavar="N",
+    b.add_argument("--small-count", type=whole_number(1), default=500, metavar="N",
                    help="number of small files (default 500; with PATH: at most this many)")
-    b.add_argument("--small-size", type=_at_least_one, default=16, metavar="KiB",
+    b.add_argument("--small-size", type=whole_number(1), default=16, metavar="KiB",
                    help="built-in run: size of each small file (default 16)")
-    b.add_argument("--runs", type=_at_least_one, default=3, metavar="N",
+    b.add_argument("--runs", type=whole_number(1), default=3, metavar="N",
                    help="repetitions of every mode; figures are medians (default 3)")
-    b.add_argument("--rand-count", type=_at_least_one, default=2000, metavar="N",
+    b.add_argument("--rand-count", type=whole_number(1), default=2000, metavar="N",
                    help="4 KiB random reads per measurement (default 2000)")
     b.add_argument("--seed", type=int, default=1, help="seed of the random offsets (default 1)")
     b.add_argument("--evict", action="store_true",

@@ -31,7 +31,7 @@ from .cache.fsck import (
 from .cache.store import default_cache_dir
 from .cli_prefetch import _socket_of, _targets
 from .control.client import ControlError, request
-from .daemon import runtime_dir, state_file
+from .daemon import daemon_alive, runtime_dir, state_file
 
 
 class CacheToolError(Exception):
@@ -64,13 +64,6 @@ def size_text(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
-
 
 def running_mounts() -> list[Holder]:
     """Mounts whose daemon is alive. A daemon killed hard leaves its state
@@ -82,7 +75,7 @@ def running_mounts() -> list[Holder]:
             holder = Holder(s["mountpoint"], int(s["pid"]), s["source"], s["cache_dir"], s["control"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written or removed
-        if _pid_alive(holder.pid):
+        if daemon_alive(holder.pid):
             found.append(holder)
     return sorted(found, key=lambda h: h.mountpoint)
 

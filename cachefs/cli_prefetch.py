@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from .cli_types import whole_number
 from .control.client import ControlError, Target, locate, request
 from .daemon import state_file
 
@@ -140,20 +141,11 @@ def cmd_unpin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError("must be from 1 to 64")
-    return value
-
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prefetch", help="bring files and directories of a mount into the cache")
     p.add_argument("paths", nargs="+", metavar="PATH", help="a file or directory inside a cachefs mount")
-    p.add_argument("--jobs", type=_jobs, default=4, help="files fetched at once (default 4)")
+    p.add_argument("--jobs", type=whole_number(1, 64), default=4, help="files fetched at once (default 4)")
     p.add_argument("--pin", action="store_true", help="keep these files cached until `cachefs unpin`")
     p.add_argument("--no-wait", action="store_true", help="start the prefetch and return")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -75,6 +75,17 @@ def runtime_dir() -> Path:
     return Path(base) / "cachefs" / "mounts"
 
 
+def daemon_alive(pid: int) -> bool:
+    """Whether `pid` still runs. A zombie has finished: a detached daemon's
+    new parent may be slow to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # The state letter follows the command name in parentheses.
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def state_file(mountpoint: str) -> Path:
     return runtime_dir() / (hashlib.sha256(mountpoint.encode()).hexdigest()[:16] + ".json")
 

@@ -25,6 +25,7 @@ from .base import (
     VersionChanged,
 )
 from .httpcommon import (
+    ClientOwner,
     ExactBody,
     RetryPolicy,
     check_range_answer,
@@ -70,7 +71,7 @@ def _parse_version(version: str) -> tuple[int, int] | None:
     return int(size), int(minute)
 
 
-class HttpIndexRemote:
+class HttpIndexRemote(ClientOwner):
     """A read-only store at an HTTP base URL ending in '/'."""
 
     def __init__(
@@ -84,15 +85,6 @@ class HttpIndexRemote:
         self._client = make_client(proxy, auth)
         self._head_limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
         self._warned_names: set[tuple[str, str]] = set()
-
-    async def __aenter__(self) -> HttpIndexRemote:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     # ------------------------------------------------------------ listing
 

@@ -46,6 +46,22 @@ class RetryPolicy:
         return 0.0 if attempt == 0 else min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s)
 
 
+class ClientOwner:
+    """A remote that owns one httpx client: `aclose` closes it, and the remote
+    is an async context manager."""
+
+    _client: httpx.AsyncClient
+
+    async def __aenter__(self) -> "ClientOwner":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
 def make_client(proxy: str | None = None, auth: tuple[str, str] | None = None) -> httpx.AsyncClient:
     """An async client for object reads: identity coding, bounded waits."""
     # An explicit proxy is used for every host, loopback included (httpx maps

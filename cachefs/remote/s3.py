@@ -19,6 +19,7 @@ import httpx
 
 from .base import BadResponse, NotFound, RemoteEntry, RemoteError, VersionChanged
 from .httpcommon import (
+    ClientOwner,
     ExactBody,
     RetryPolicy,
     check_range_answer,
@@ -55,7 +56,7 @@ HTTP_PRECONDITION_FAILED = 412
 HTTP_RANGE_NOT_SATISFIABLE = 416
 
 
-class S3Remote:
+class S3Remote(ClientOwner):
     """A read-only view of the keys under a bucket prefix."""
 
     def __init__(
@@ -78,15 +79,6 @@ class S3Remote:
         )
         self._client = make_client(proxy)
         self._warned: set[str] = set()
-
-    async def __aenter__(self) -> S3Remote:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     # ------------------------------------------------------------ listing
 
