@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from urllib.parse import quote, unquote
 
 import httpx
@@ -26,12 +26,11 @@ from .base import (
 )
 from .httpcommon import (
     ClientOwner,
-    ExactBody,
     RetryPolicy,
     check_range_answer,
-    empty_body,
     make_client,
     range_header,
+    ranged_read,
     send_with_retries,
 )
 from .listing import ListedEntry, Listing, NotAListing, parse_http_date, parse_listing
@@ -171,29 +170,18 @@ class HttpIndexRemote(ClientOwner):
 
     # --------------------------------------------------------------- read
 
-    @asynccontextmanager
-    async def read_range(
+    def read_range(
         self, path: str, start: int, end: int, version: str
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end})")
-        if start == end:
-            yield empty_body()
-            return
-        url = self._url(path)
-        headers = range_header(start, end)
-        response = await self._send(
-            "GET", url, headers=headers, stream=True, follow_redirects=True
-        )
-        body = None
-        try:
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        async def send() -> tuple[httpx.Response, str]:
+            url = self._url(path)
+            headers = range_header(start, end)
+            return await self._send("GET", url, headers=headers, stream=True, follow_redirects=True), url
+
+        async def check(response: httpx.Response, url: str) -> None:
             self._check_range_response(response, url, start, end, version)
-            body = ExactBody(response, end - start, url)
-            yield body
-        finally:
-            if body is not None:
-                await body.aclose()
-            await response.aclose()
+
+        return ranged_read(start, end, send, check)
 
     def _check_range_response(
         self, response: httpx.Response, url: str, start: int, end: int, version: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -147,6 +148,36 @@ def check_range_answer(response: httpx.Response, url: str, start: int, end: int)
     if coding not in ("", "identity"):
         raise BadResponse(f"{url}: unrequested Content-Encoding {coding!r}")
     return total_size
+
+
+@asynccontextmanager
+async def ranged_read(
+    start: int,
+    end: int,
+    send: Callable[[], Awaitable[tuple[httpx.Response, str]]],
+    check: Callable[[httpx.Response, str], Awaitable[None]],
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The body of bytes [start, end) of one object, for `Remote.read_range`.
+
+    `send` makes the ranged GET and returns it with its URL (for messages);
+    `check` raises if the answer cannot be trusted (wrong range, version...).
+    The body yields exactly end-start bytes or raises; both are closed after.
+    """
+    if not 0 <= start <= end:
+        raise ValueError(f"bad range [{start}, {end})")
+    if start == end:
+        yield empty_body()
+        return
+    response, url = await send()
+    body = None
+    try:
+        await check(response, url)
+        body = ExactBody(response, end - start, url)
+        yield body
+    finally:
+        if body is not None:
+            await body.aclose()
+        await response.aclose()
 
 
 def range_header(start: int, end: int) -> dict[str, str]:

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 
 from .base import BadResponse, NotFound, RemoteEntry, RemoteError, VersionChanged
 from .httpcommon import (
     ClientOwner,
-    ExactBody,
     RetryPolicy,
     check_range_answer,
-    empty_body,
     make_client,
     range_header,
+    ranged_read,
     send_with_retries,
 )
 from .listing import parse_http_date
@@ -181,30 +180,21 @@ class S3Remote(ClientOwner):
 
     # --------------------------------------------------------------- read
 
-    @asynccontextmanager
-    async def read_range(
+    def read_range(
         self, path: str, start: int, end: int, version: str
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end})")
-        if start == end:
-            yield empty_body()
-            return
-        url = self._urls.object_url(self._key(path))
-        headers = range_header(start, end)
-        if version:
-            # S3 then refuses (412) rather than serve another version's bytes.
-            headers["If-Match"] = f'"{version}"'
-        response = await self._send("GET", url, headers=headers, stream=True)
-        body = None
-        try:
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        async def send() -> tuple[httpx.Response, str]:
+            url = self._urls.object_url(self._key(path))
+            headers = range_header(start, end)
+            if version:
+                # S3 then refuses (412) rather than serve another version's bytes.
+                headers["If-Match"] = f'"{version}"'
+            return await self._send("GET", url, headers=headers, stream=True), url
+
+        async def check(response: httpx.Response, url: str) -> None:
             await self._check_range_response(response, path, url, start, end, version)
-            body = ExactBody(response, end - start, url)
-            yield body
-        finally:
-            if body is not None:
-                await body.aclose()
-            await response.aclose()
+
+        return ranged_read(start, end, send, check)
 
     async def _check_range_response(
         self, response: httpx.Response, path: str, url: str, start: int, end: int, version: str
