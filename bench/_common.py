@@ -25,7 +25,12 @@ from pathlib import Path
 from types import FrameType
 from typing import ParamSpec, TypeVar
 
+from cachefs.benchmark.system import BenchError, Mounts, cachefs, is_mounted
 from cachefs.localstore.tree import write_seeded_file
+
+# Re-exported: the scripts here and `cachefs bench` share one way to run the
+# cachefs command and keep track of mounts.
+__all__ = ["BenchError", "Mounts", "cachefs", "is_mounted"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -33,17 +38,11 @@ MB = 1_000_000  # throughput is reported in decimal MB/s, as dd and curl do
 
 READ_BLOCK = MiB  # like `dd bs=1M`
 
-MOUNT_TIMEOUT_S = 180.0
-UMOUNT_TIMEOUT_S = 120.0
 # Lines of a daemon log worth reporting.
 _LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot go on (a mount failed, wrong bytes, ...)."""
 
 
 # -- statistics -----------------------------------------------------------------
@@ -91,14 +90,6 @@ def ignore_interrupts() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def cachefs(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run the `cachefs` command of this interpreter's environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "cachefs.cli", *args],
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )
-
-
 def require_tools(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
@@ -119,56 +110,9 @@ def mounted_paths() -> list[str]:
         return [_unescape_mount_field(line.split()[1]) for line in f if line.strip()]
 
 
-def is_mounted(path: Path) -> bool:
-    return os.path.realpath(path) in mounted_paths()
-
-
 def lazy_unmount(path: Path) -> None:
     """Last resort: detach the mount now; its daemon exits once it is idle."""
     subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-
-
-class Mounts:
-    """cachefs mounts made by this benchmark; `unmount_all` leaves none behind."""
-
-    def __init__(self) -> None:
-        self._active: list[Path] = []
-
-    def mount(self, url: str, mountpoint: Path, cache_dir: Path, *options: str) -> None:
-        """`cachefs mount`; `options` are extra flags such as "--no-passthrough"."""
-        # Remember it before asking: a timed-out mount may still appear.
-        self._active.append(mountpoint)
-        done = cachefs("mount", url, str(mountpoint), "--cache-dir", str(cache_dir), *options,
-                       timeout=MOUNT_TIMEOUT_S)
-        if done.returncode != 0:
-            raise BenchError(f"cachefs mount failed: {done.stderr.strip() or done.returncode}")
-
-    def unmount(self, mountpoint: Path) -> None:
-        """`cachefs umount` (waits for the daemon); lazy unmount if that fails."""
-        if mountpoint in self._active:
-            self._active.remove(mountpoint)
-        if not is_mounted(mountpoint):
-            return
-        try:
-            done = cachefs("umount", str(mountpoint), timeout=UMOUNT_TIMEOUT_S)
-            failed = done.returncode != 0
-            reason = done.stderr.strip()
-        except subprocess.TimeoutExpired:
-            failed, reason = True, "timed out"
-        if failed:
-            lazy_unmount(mountpoint)
-            raise BenchError(f"cachefs umount {mountpoint} failed ({reason}); unmounted lazily")
-
-    def unmount_all(self) -> None:
-        """Unmount everything still mounted, never raising."""
-        for mountpoint in reversed(list(self._active)):
-            try:
-                self.unmount(mountpoint)
-            except (BenchError, OSError) as e:
-                print(f"bench: {e}", file=sys.stderr)
-            finally:
-                if is_mounted(mountpoint):
-                    lazy_unmount(mountpoint)
 
 
 # -- work directory -----------------------------------------------------------------
