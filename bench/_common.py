@@ -10,6 +10,7 @@ particular benchmark reports.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -234,6 +235,16 @@ def fmt_number(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "n/a"
     return f"{value:,.{digits}f}"
+
+
+def emit_report(table: str, report: dict, json_path: Path | None) -> None:
+    """Print the table; write the raw numbers as JSON when asked."""
+    print()
+    print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"raw numbers: {json_path}")
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

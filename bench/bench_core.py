@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -40,7 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402  (bench/ is not a package)
+from _common import (
+    emit_report,  # noqa: E402  (bench/ is not a package)
     KiB,
     MB,
     MiB,
@@ -442,12 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"cachefs core benchmark: big file {args.big_size} MiB, "
               f"{args.small_count} x {SMALL_SIZE // KiB} KiB small files, "
               f"median of {args.runs} runs (MB = 10^6 bytes)")
-    print()
-    print(render(report["figures"], report["facts"], header))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"raw numbers: {args.json}")
+    emit_report(render(report["figures"], report["facts"], header), report, args.json)
     return 0
 
 

@@ -48,7 +48,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402  (bench/ is not a package)
+from _common import (
+    emit_report,  # noqa: E402  (bench/ is not a package)
     KiB,
     MB,
     MiB,
@@ -595,12 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     header = (f"cachefs passthrough benchmark: big file {args.big_size} MiB complete in the "
               f"cache, median of {args.runs} runs (MB = 10^6 bytes)")
-    print()
-    print(render(report["figures"], report["facts"], header))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"raw numbers: {args.json}")
+    emit_report(render(report["figures"], report["facts"], header), report, args.json)
     return 0
 
 

@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    emit_report,
     MB,
     BenchError,
     MiB,
@@ -331,12 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     header = (f"cachefs prefetch benchmark: A {args.a_size} MiB read cold in 1 MiB reads; prefetch of "
               f"{args.pf_files} x {args.pf_size} MiB; {args.runs} runs (MB = 10^6 bytes)")
-    print()
-    print(render(report["figures"], report["facts"], header))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"raw numbers: {args.json}")
+    emit_report(render(report["figures"], report["facts"], header), report, args.json)
     return 0
 
 
