@@ -29,6 +29,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import fanout
 from .folders import DATA_NAME, DB_NAME, FolderBusy, folder_lock, remove_folder
 
 READ_PIECE = 1 << 20
@@ -111,7 +112,7 @@ class _Row:
 
 def data_path(folder: Path, name: str) -> Path:
     """Where the store keeps data file `name` (fanned out by its first byte)."""
-    return folder / DATA_NAME / name[:2] / name
+    return fanout.data_path(folder / DATA_NAME, name)
 
 
 def check_folder(folder: Path, *, repair: bool = False, source: str | None = None,
@@ -223,12 +224,12 @@ def _check_files(folder: Path, rows: dict[int, _Row], report: FolderReport) -> N
                         f"complete is {int(row.complete)} with {len(good)} of {row.nchunks} chunks", **where))
     known = {row.data_name for row in rows.values()}
     data_dir = folder / DATA_NAME
-    for fanout in sorted(data_dir.iterdir()) if data_dir.is_dir() else []:
-        if not fanout.is_dir():
+    for sub in sorted(data_dir.iterdir()) if data_dir.is_dir() else []:
+        if not sub.is_dir():
             continue
-        for entry in sorted(fanout.iterdir()):
+        for entry in sorted(sub.iterdir()):
             report.data_files += 1
-            if entry.name in known and entry.name[:2] == fanout.name:
+            if entry.name in known and entry.name[:2] == sub.name:
                 continue
             # An empty object's file never gets a row (it has no chunks to
             # record): that is the store's normal state, not damage.
