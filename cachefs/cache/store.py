@@ -93,7 +93,7 @@ class Cache:
         self.remote = remote
         self.chunk_size = chunk_size
         self._objects: dict[tuple[str, str], CachedObject] = {}
-        self._loading: dict[tuple[str, str], trio.Event] = {}
+        self._forgetting: set[int] = set()  # object ids whose chunk rows are being deleted
         self.journal = Journal(self.db, self.release)
         self.evictor = Evictor(self.db, self._data_path, self._in_use, cap_bytes, min_free_bytes)
         self._fetcher: ChunkFetcher | None = None
@@ -139,25 +139,38 @@ class Cache:
         """The cached object for this version, opened; pair with `release`."""
         ident = (key, version)
         while (obj := self._objects.get(ident)) is None:
-            busy = self._loading.get(ident)
-            if busy is None:
-                busy = self.evictor.evicting.get(ident)
-            if busy is not None:
-                await busy.wait()  # then look again: a load may have failed
-                continue
-            loading = self._loading[ident] = trio.Event()
-            try:
-                self._objects[ident] = await self._load(key, version, size, mtime)
-            finally:
-                del self._loading[ident]
-                loading.set()
+            evicting = self.evictor.evicting.get(ident)
+            if evicting is None:
+                obj = self._objects[ident] = self._load(key, version, size, mtime)
+                break
+            await evicting.wait()  # then look again
         obj.uses += 1
         self.journal.opened(obj)
         return obj
 
+    def acquire_complete(self, key: str, version: str, size: int, mtime: float) -> CachedObject | None:
+        """Like `acquire`, but only for a complete object that needs no wait;
+        otherwise None, and nothing is acquired."""
+        ident = (key, version)
+        obj = self._objects.get(ident)
+        if obj is None:
+            if ident in self.evictor.evicting:
+                return None
+            row = self.db.find_object(key, version)
+            if row is None or not row.complete:
+                return None
+            obj = self._objects[ident] = self._load(key, version, size, mtime, row)
+        obj.uses += 1
+        if not obj.complete:
+            # Loaded from a row that promised more than the file holds.
+            self.release(obj)
+            return None
+        self.journal.opened(obj)
+        return obj
+
     def _in_use(self, key: str, version: str) -> bool:
-        """Whether an object is open, being fetched, loaded or recorded."""
-        return (key, version) in self._objects or (key, version) in self._loading
+        """Whether an object is open, being fetched or recorded."""
+        return (key, version) in self._objects
 
     def _data_path(self, row: ObjectRow) -> Path:
         return data_path(self.data_dir, row.data_name)
@@ -182,8 +195,14 @@ class Cache:
                 # here, before any other task runs, so no new open can race it.
                 obj.path.unlink(missing_ok=True)
 
-    async def _load(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
-        row = self.db.find_object(key, version)
+    def _load(
+        self, key: str, version: str, size: int, mtime: float, row: ObjectRow | None = None
+    ) -> CachedObject:
+        """Open (or create) the data file of an object and learn what it holds.
+
+        Nothing here waits, so no other task can see the object half loaded.
+        """
+        row = row or self.db.find_object(key, version)
         name = row.data_name if row else hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:40]
         path = data_path(self.data_dir, name)
         # Inline, not in a worker thread: with the data folder spread over
@@ -191,19 +210,28 @@ class Cache:
         # the thread hop would.
         fd, found_size = _open_data_file(path, size)
         present: set[int] = set()
-        if row is not None:
+        if row is not None and row.id not in self._forgetting:
             present = self.db.chunks_of(row.id)
             if present and found_size != size:
                 # The file no longer matches what was recorded: trust neither.
                 log.warning("data file of %s had the wrong size; fetching it again", key)
                 present = set()
+                self._forgetting.add(row.id)
                 assert self._nursery is not None
-                self._nursery.start_soon(self.db.forget_chunks, row.id)
+                self._nursery.start_soon(self._forget_chunks, row.id)
         chunk_size = row.chunk_size if row else self.chunk_size
         return CachedObject(
             key=key, version=version, size=size, mtime=mtime, chunk_size=chunk_size,
             path=path, fd=fd, object_id=row.id if row else None, present=present,
         )
+
+    async def _forget_chunks(self, object_id: int) -> None:
+        # Until the rows are gone, a new load must not trust them: the file
+        # was already cut to the new size, so its size no longer tells.
+        try:
+            await self.db.forget_chunks(object_id)
+        finally:
+            self._forgetting.discard(object_id)
 
     async def read(self, obj: CachedObject, offset: int, size: int, ahead: int = 0) -> bytes:
         """Bytes [offset, offset+size) of `obj`, fetching what is missing.

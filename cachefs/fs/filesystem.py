@@ -109,9 +109,18 @@ class Filesystem:
     def destroy(self) -> None:
         pass
 
+    def lookup_now(self, parent: int, name: bytes) -> Entry | None:
+        pinode = self._inode(parent)
+        if not pinode.is_dir:
+            raise FuseError(errno.ENOTDIR)
+        listing = self.listings.fresh(pinode.path)
+        return None if listing is None else self._entry(pinode, listing.entries, name)
+
     async def lookup(self, parent: int, name: bytes) -> Entry:
         pinode = self._inode(parent)
-        entries = await self._entries(pinode)
+        return self._entry(pinode, await self._entries(pinode), name)
+
+    def _entry(self, pinode: Inode, entries: dict[str, RemoteEntry], name: bytes) -> Entry:
         entry = entries.get(name.decode("utf-8", "surrogateescape"))
         if entry is None:
             raise FuseError(errno.ENOENT)
@@ -122,8 +131,27 @@ class Filesystem:
     def forget(self, ino: int, nlookup: int) -> None:
         self.inodes.forget(ino, nlookup)
 
-    async def getattr(self, ino: int) -> tuple[Attr, float]:
+    def getattr(self, ino: int) -> tuple[Attr, float]:
         return self._inode(ino).attr(), self.ttl
+
+    def open_now(self, ino: int, flags: int) -> Opened | None:
+        inode = self._inode(ino)
+        if inode.is_dir:
+            raise FuseError(errno.EISDIR)
+        if self._needs_revalidation(inode):
+            return None
+        try:
+            obj = self.cache.acquire_complete(inode.path, inode.version, inode.size, inode.mtime)
+        except OSError as e:
+            log.error("cannot open the cache file of %r: %s", inode.path, e)
+            raise FuseError(errno.EIO) from e
+        if obj is None:
+            return None
+        self.stats.hits += 1
+        if obj.nchunks <= 1:
+            # Keeps the directory's read-ahead going: its cursor follows every open.
+            self._read_ahead_siblings(inode)
+        return self._opened(inode, obj)
 
     async def open(self, ino: int, flags: int) -> Opened:
         inode = self._inode(ino)
@@ -157,8 +185,11 @@ class Filesystem:
         except BaseException:
             self.cache.release(obj)
             raise
-        # From here to the reply nothing awaits: the choice and the count it
-        # depends on change together.
+        return self._opened(inode, obj)
+
+    def _opened(self, inode: Inode, obj: CachedObject) -> Opened:
+        """A handle on `obj`, whose use the caller acquired; nothing here waits,
+        so the mode chosen and the handle count it depends on change together."""
         mode = choose_mode(obj.complete, self._backing is not None, inode.handles)
         if mode is HandleMode.PASSTHROUGH and not self._register_backing(inode, obj):
             mode = HandleMode.DAEMON
@@ -168,6 +199,9 @@ class Filesystem:
         self.stats.opens[mode.value] += 1
         return Opened(fh, mode.open_flags, inode.backing_id if mode is HandleMode.PASSTHROUGH else 0)
 
+    def _needs_revalidation(self, inode: Inode) -> bool:
+        return time.time() - inode.validated_at >= self.ttl
+
     async def _revalidate(self, inode: Inode) -> None:
         """After the TTL, check with the remote that `inode`'s version is current.
 
@@ -176,9 +210,9 @@ class Filesystem:
         path walk once with a forced LOOKUP and opens the new inode. Handles
         on the old inode keep reading the old version's data file.
         """
-        now = time.time()
-        if now - inode.validated_at < self.ttl:
+        if not self._needs_revalidation(inode):
             return
+        now = time.time()
         directory, name = split_path(inode.path)
         listing = self.listings.fresh(directory)
         current = listing.entries.get(name) if listing is not None else None
@@ -261,7 +295,7 @@ class Filesystem:
         except OSError as e:
             raise FuseError(errno.EIO) from e
 
-    async def release(self, ino: int, fh: int) -> None:
+    def release(self, ino: int, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
@@ -293,13 +327,13 @@ class Filesystem:
             raise FuseError(errno.EBADF)
         return handle.entries[offset:]
 
-    async def releasedir(self, ino: int, fh: int) -> None:
+    def releasedir(self, ino: int, fh: int) -> None:
         self._dir_handles.pop(fh, None)
 
-    async def statfs(self) -> StatFs:
+    def statfs(self) -> StatFs:
         return StatFs()
 
-    async def getxattr(self, ino: int, name: bytes) -> bytes:
+    def getxattr(self, ino: int, name: bytes) -> bytes:
         inode = self._inode(ino)
         if name == STATE_XATTR and not inode.is_dir:
             return self._state_text(inode).encode()
@@ -307,7 +341,7 @@ class Filesystem:
             return json.dumps(self.stats.as_dict()).encode()
         raise FuseError(errno.ENODATA)
 
-    async def listxattr(self, ino: int) -> list[bytes]:
+    def listxattr(self, ino: int) -> list[bytes]:
         if ino == ROOT_ID:
             return [STATS_XATTR]
         return [] if self._inode(ino).is_dir else [STATE_XATTR]

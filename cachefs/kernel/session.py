@@ -1,8 +1,11 @@
 """A FUSE session on trio: read requests from /dev/fuse, answer them.
 
-One task reads the device; every request then runs in its own task in the
-session's nursery, so a slow cold read never holds up a getattr or a read of
-another file. INTERRUPT cancels the task of the request it names. The session
+One task reads the device. A request the filesystem can answer without
+waiting (a getattr, a release, a look-up in a listing it has, an open of a
+complete file) is answered right there; every other request runs in its own
+task in the session's nursery, so a slow cold read never holds up a getattr
+or a read of another file. INTERRUPT cancels the task of the request it
+names. The session
 ends when the filesystem is unmounted (the device read fails with ENODEV) or
 when `stop()` is called.
 """
@@ -17,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from . import wire
-from .ops import Connection, DirEntry, Entry, FuseError, Operations
+from .ops import Connection, DirEntry, Entry, FuseError, Opened, Operations
 from .passthrough import BackingFiles
 from .wire import InitFlag, InHeader, Opcode
 
@@ -69,20 +72,27 @@ class Session:
         self._stopped = False
         self._cancel = trio.CancelScope()
         self.connection: Connection | None = None
-        self._handlers: dict[int, Callable[[InHeader, memoryview], Awaitable[list[bytes]]]] = {
-            Opcode.LOOKUP: self._lookup,
+        # Answered as each request is read, with no task: these never wait,
+        # or return None when they would, and then go to `_handlers`.
+        self._immediate: dict[int, Callable[[InHeader, memoryview], list[bytes] | None]] = {
+            Opcode.LOOKUP: self._lookup_now,
             Opcode.GETATTR: self._getattr,
-            Opcode.OPEN: self._open,
-            Opcode.READ: self._read,
+            Opcode.OPEN: self._open_now,
             Opcode.RELEASE: self._release,
-            Opcode.OPENDIR: self._opendir,
-            Opcode.READDIR: self._readdir,
-            Opcode.READDIRPLUS: self._readdirplus,
             Opcode.RELEASEDIR: self._releasedir,
             Opcode.STATFS: self._statfs,
             Opcode.GETXATTR: self._getxattr,
             Opcode.LISTXATTR: self._listxattr,
             Opcode.ACCESS: self._access,
+        }
+        # Each of these runs in a task of its own, so it may wait.
+        self._handlers: dict[int, Callable[[InHeader, memoryview], Awaitable[list[bytes]]]] = {
+            Opcode.LOOKUP: self._lookup,
+            Opcode.OPEN: self._open,
+            Opcode.READ: self._read,
+            Opcode.OPENDIR: self._opendir,
+            Opcode.READDIR: self._readdir,
+            Opcode.READDIRPLUS: self._readdirplus,
         }
 
     # --- lifecycle -----------------------------------------------------------
@@ -145,6 +155,8 @@ class Session:
             self.ops.destroy()
             self._reply(hdr.unique, [])
             self._stopped = True
+        elif op in self._immediate and self._answer_now(hdr, body):
+            pass
         elif op in self._handlers:
             nursery.start_soon(self._run_request, hdr, body)
         elif op == Opcode.FLUSH:
@@ -159,6 +171,22 @@ class Session:
         else:
             log.debug("opcode %d not implemented", op)
             self._reply_error(hdr.unique, errno.ENOSYS)
+
+    def _answer_now(self, hdr: InHeader, body: memoryview) -> bool:
+        """Answer the request without a task if its handler can; True if answered."""
+        try:
+            reply = self._immediate[hdr.opcode](hdr, body)
+        except FuseError as e:
+            self._reply_error(hdr.unique, e.errno)
+            return True
+        except Exception:
+            log.exception("%s on inode %d failed", Opcode(hdr.opcode).name, hdr.nodeid)
+            self._reply_error(hdr.unique, errno.EIO)
+            return True
+        if reply is None:
+            return False
+        self._reply(hdr.unique, reply)
+        return True
 
     async def _run_request(self, hdr: InHeader, body: memoryview) -> None:
         handler = self._handlers[hdr.opcode]
@@ -274,6 +302,10 @@ class Session:
         raw = bytes(body)
         return raw[: raw.index(b"\0")] if b"\0" in raw else raw
 
+    def _lookup_now(self, hdr: InHeader, body: memoryview) -> list[bytes] | None:
+        entry = self.ops.lookup_now(hdr.nodeid, self._name(body))
+        return None if entry is None else [self._pack_entry(entry)]
+
     async def _lookup(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         entry = await self.ops.lookup(hdr.nodeid, self._name(body))
         return [self._pack_entry(entry)]
@@ -282,33 +314,44 @@ class Session:
     def _pack_entry(entry: Entry) -> bytes:
         return wire.pack_entry(entry.attr.ino, entry.attr, entry.entry_ttl, entry.attr_ttl)
 
-    async def _getattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
-        attr, ttl = await self.ops.getattr(hdr.nodeid)
+    def _getattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        attr, ttl = self.ops.getattr(hdr.nodeid)
         return [wire.pack_attr_out(attr, ttl)]
 
-    async def _open(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+    @staticmethod
+    def _open_flags(body: memoryview) -> int:
         flags, _ = wire.OPEN_IN.unpack_from(body)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise FuseError(errno.EROFS)
-        opened = await self.ops.open(hdr.nodeid, flags)
+        return flags
+
+    @staticmethod
+    def _pack_opened(opened: Opened) -> list[bytes]:
         return [wire.OPEN_OUT.pack(opened.fh, int(opened.flags), opened.backing_id)]
+
+    def _open_now(self, hdr: InHeader, body: memoryview) -> list[bytes] | None:
+        opened = self.ops.open_now(hdr.nodeid, self._open_flags(body))
+        return None if opened is None else self._pack_opened(opened)
+
+    async def _open(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        return self._pack_opened(await self.ops.open(hdr.nodeid, self._open_flags(body)))
 
     async def _read(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
         return [await self.ops.read(hdr.nodeid, fh, offset, size)]
 
-    async def _release(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+    def _release(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         fh, *_ = wire.RELEASE_IN.unpack_from(body)
-        await self.ops.release(hdr.nodeid, fh)
+        self.ops.release(hdr.nodeid, fh)
         return []
 
     async def _opendir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         fh = await self.ops.opendir(hdr.nodeid)
         return [wire.OPEN_OUT.pack(fh, 0, 0)]
 
-    async def _releasedir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+    def _releasedir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         fh, *_ = wire.RELEASE_IN.unpack_from(body)
-        await self.ops.releasedir(hdr.nodeid, fh)
+        self.ops.releasedir(hdr.nodeid, fh)
         return []
 
     async def _readdir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
@@ -343,22 +386,23 @@ class Session:
         if e.name in (b".", b".."):
             return _EMPTY_ENTRY
         try:
-            return self._pack_entry(await self.ops.lookup(parent, e.name))
+            entry = self.ops.lookup_now(parent, e.name) or await self.ops.lookup(parent, e.name)
+            return self._pack_entry(entry)
         except FuseError:
             return None  # vanished since the listing; leave it out
 
-    async def _statfs(self, hdr: InHeader, body: memoryview) -> list[bytes]:
-        s = await self.ops.statfs()
+    def _statfs(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+        s = self.ops.statfs()
         return [wire.KSTATFS.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)]
 
-    async def _getxattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+    def _getxattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         size, _ = wire.GETXATTR_IN.unpack_from(body)
-        value = await self.ops.getxattr(hdr.nodeid, self._name(body[wire.GETXATTR_IN.size :]))
+        value = self.ops.getxattr(hdr.nodeid, self._name(body[wire.GETXATTR_IN.size :]))
         return self._sized(size, value)
 
-    async def _listxattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+    def _listxattr(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         size, _ = wire.GETXATTR_IN.unpack_from(body)
-        names = await self.ops.listxattr(hdr.nodeid)
+        names = self.ops.listxattr(hdr.nodeid)
         return self._sized(size, b"".join(n + b"\0" for n in names))
 
     @staticmethod
@@ -370,7 +414,7 @@ class Session:
             raise FuseError(errno.ERANGE)
         return [value]
 
-    async def _access(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+    def _access(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         mask, _ = wire.ACCESS_IN.unpack_from(body)
         if mask & os.W_OK:
             raise FuseError(errno.EROFS)
