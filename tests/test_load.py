@@ -14,7 +14,7 @@ source), directory listings with stats, xattr queries and walks. Then:
 - no errors and no wrong bytes;
 - no leaked file descriptors: once every file is closed, the daemon holds
   no data file open, and no more other descriptors than before the run
-  (sockets may grow up to httpx's pool of 16 keep-alive connections);
+  (sockets may grow up to the pool of 16 keep-alive connections);
 - no leaked backing ids (`backing_ids_open` of user.cachefs.stats is 0);
 - bounded memory: the daemon's VmRSS stays below RSS_BOUND_MIB throughout.
 """

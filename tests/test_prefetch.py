@@ -403,12 +403,14 @@ def test_sigint_stops_waiting_but_not_the_job(mount: Mounter, pf_store: NginxSto
     mp = mount(pf_store.slow_url)
     big = mp / BIG
     waiting = start_cachefs("prefetch", big)
+    started = time.monotonic()
     try:
         wait_cached(big, CHUNK)
     finally:
+        waited = time.monotonic() - started
         waiting.send_signal(signal.SIGINT)
     rc, out, err = finish(waiting)
-    assert rc == 130, (rc, out, err)
+    assert rc == 130, (rc, out, err, f"SIGINT sent {waited:.1f} s after the start, state {state(big)}")
     assert "Traceback" not in err and "stopped waiting" in err, err
     assert state(big) != "complete", "the job ended before the SIGINT: nothing was tested"
     assert wait_until(lambda: state(big) == "complete", JOB_TIMEOUT_S), state(big)

@@ -41,7 +41,10 @@ def loose_modes(root: Path) -> list[str]:
     """Everything under `root` (and itself) more open than 0700 / 0600."""
     loose = []
     for path in [root, *root.rglob("*")]:
-        st = os.lstat(path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # removed by the daemon since the walk saw it (e.g. an empty object's file)
         want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
         if stat.S_IMODE(st.st_mode) & ~want:
             loose.append(f"{path.relative_to(root.parent)}: {oct(stat.S_IMODE(st.st_mode))}")

@@ -255,6 +255,8 @@ class Cache:
 
     def prefetch(self, key: str, version: str, size: int, mtime: float) -> None:
         """Start fetching a whole object in the background, unless cached."""
+        if size == 0:
+            return  # nothing to fetch, and an empty object keeps no data file
         row = self.db.find_object(key, version)
         if row is None or not row.complete:
             assert self._nursery is not None
