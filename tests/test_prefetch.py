@@ -78,10 +78,18 @@ def cachefs(*args: str | Path, timeout: float = COMMAND_TIMEOUT_S) -> subprocess
                           timeout=timeout, check=False, stdin=subprocess.DEVNULL)
 
 
+def _default_sigint() -> None:
+    # A test run started in the background (`./dev test &`) ignores SIGINT,
+    # and children inherit that; Python then never turns Ctrl-C into
+    # KeyboardInterrupt. The child gets what a terminal user's would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cachefs(*args: str | Path) -> subprocess.Popen[str]:
     """`cachefs ARGS` as our child, its output piped; the caller waits for it."""
     return subprocess.Popen([str(CACHEFS), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=_default_sigint)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = COMMAND_TIMEOUT_S) -> tuple[int, str, str]:
@@ -397,6 +405,20 @@ def test_no_wait_returns_and_the_daemon_completes(
     assert state(big) != "complete", "--no-wait waited for the job"
     assert wait_until(lambda: state(big) == "complete", JOB_TIMEOUT_S), state(big)
     assert sha_mismatches(mp, pf_tree, [BIG]) == []
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.15, 0.3, 0.6])
+def test_early_ctrl_c_ends_quietly(mount: Mounter, pf_store: NginxStore, delay: float) -> None:
+    """Ctrl-C while the command is still loading, or just after: exit 130, no traceback."""
+    mp = mount(pf_store.slow_url)
+    waiting = start_cachefs("prefetch", mp / BIG)
+    time.sleep(delay)
+    waiting.send_signal(signal.SIGINT)
+    rc, out, err = finish(waiting)
+    cachefs("prefetch", "--cancel", mp / BIG)  # if the request got through
+    assert "Traceback" not in err, err
+    # -SIGINT: the signal came before Python set up its handler; a shell shows nothing.
+    assert rc in (130, -signal.SIGINT), (rc, out, err)
 
 
 def test_sigint_stops_waiting_but_not_the_job(mount: Mounter, pf_store: NginxStore, pf_tree: Tree) -> None:
