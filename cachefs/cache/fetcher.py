@@ -31,8 +31,10 @@ CHUNK_SIZE = 8 * 1024 * 1024
 # fetches a reader waits for always find a slot soon.
 MAX_INFLIGHT = 6
 SLOT_CAPS = {Priority.READAHEAD: 4, Priority.BACKGROUND: 3}
-# Bytes of a body gathered before they are written in one pwritev.
+# Bytes of a body gathered before they are written in one pwritev; the
+# first write of a body is smaller, to answer a waiting reader sooner.
 WRITE_BATCH = 1024 * 1024
+FIRST_WRITE = 128 * 1024
 # A chunk whose body broke off is tried again this many times in all.
 ATTEMPTS = 3
 RETRY_DELAY = 0.2
@@ -139,17 +141,22 @@ class ChunkFetcher:
         pos = start
         batch: list[bytes] = []
         batched = 0
+        # The first bytes go out at once: a reader may be waiting for them.
+        threshold = FIRST_WRITE
         async with self._remote.read_range(obj.key, start, end, obj.version) as body:
             async for piece in body:
                 batch.append(piece)
                 batched += len(piece)
-                if batched >= WRITE_BATCH:
-                    # Copying into the page cache is most of a cold read's
-                    # CPU (and slow on fresh memory in a VM): in a worker
-                    # thread it runs beside the event loop and other fetches.
-                    await trio.to_thread.run_sync(_write_all, obj.fd, batch, pos)
+                if batched >= threshold:
+                    if batched >= WRITE_BATCH:
+                        # Copying into the page cache is most of a cold read's
+                        # CPU (and slow on fresh memory in a VM): in a worker
+                        # thread it runs beside the event loop and other fetches.
+                        await trio.to_thread.run_sync(_write_all, obj.fd, batch, pos)
+                    else:
+                        _write_all(obj.fd, batch, pos)
                     pos += batched
-                    batch, batched = [], 0
+                    batch, batched, threshold = [], 0, WRITE_BATCH
                     fetch.wrote(pos - start)
         if batch:
             # The tail, or a whole small file: too little for a thread hop.
