@@ -4,6 +4,14 @@ Order matters: data is written, then fdatasync'ed, then recorded in SQLite.
 A crash can therefore lose the record of a chunk that is on disk (it is
 fetched again) but never record a chunk whose bytes are not. Batching keeps
 one fsync per file and one commit per batch, off the request path.
+
+Once durable, the chunks of objects bigger than one chunk leave the page
+cache. Filling a cache is write-once streaming: keeping every byte in memory
+would push out what the rest of the system is using (a prefetch of a large
+folder would empty the page cache), and it makes cold reads slow in VMs,
+where page cache memory new to the guest costs about 10 us a page to touch
+while pages freed a moment ago are reused for free (bench/RESULTS.md).
+Small objects stay: their pages are few, and trees of them are re-read.
 """
 
 from __future__ import annotations
@@ -84,14 +92,23 @@ class Journal:
 
     @staticmethod
     def _sync_files(batch: list[tuple[CachedObject, int]]) -> set[CachedObject]:
-        """fdatasync each object's file once; return those that failed."""
+        """fdatasync each object's file once; return those that failed.
+
+        The page cache copies of what was synced are dropped (module docstring).
+        """
+        chunks: dict[CachedObject, list[int]] = {}
+        for obj, idx in batch:
+            chunks.setdefault(obj, []).append(idx)
         failed = set()
-        for obj in {id(o): o for o, _ in batch}.values():
+        for obj, idxs in chunks.items():
             try:
                 os.fdatasync(obj.fd)
             except OSError as e:
                 log.error("cannot make %s durable: %s", obj.key, e.strerror)
                 failed.add(obj)
+                continue
+            if obj.size > obj.chunk_size:
+                _drop_pages(obj, idxs)
         return failed
 
     @staticmethod
@@ -122,3 +139,22 @@ class Journal:
             records.append(ChunkRecord(object_id, idx, end - start, obj.nchunks))
         CacheDB.record_chunks(db, records)
         return new_ids
+
+
+def _drop_pages(obj: CachedObject, idxs: list[int]) -> None:
+    """Drop the page cache copies of chunks `idxs`, which are synced (clean).
+
+    The kernel drops only pages (and large folios) wholly inside the range it
+    is given, so adjacent chunks go in one call, and a run that ends at the
+    end of the file says so (length 0) to take the last partial page too.
+    """
+    runs: list[list[int]] = []
+    for idx in sorted(idxs):
+        if runs and runs[-1][1] == idx:
+            runs[-1][1] = idx + 1
+        else:
+            runs.append([idx, idx + 1])
+    for first, stop in runs:
+        start = obj.chunk_span(first)[0]
+        end = obj.chunk_span(stop - 1)[1]
+        os.posix_fadvise(obj.fd, start, 0 if end == obj.size else end - start, os.POSIX_FADV_DONTNEED)

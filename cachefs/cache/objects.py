@@ -8,6 +8,7 @@ page cache counts); SQLite learns of a chunk only once it is durable.
 from __future__ import annotations
 
 import enum
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,12 +119,47 @@ class CachedObject:
             return CacheState.COMPLETE
         return CacheState.PARTIAL if self.present else CacheState.ABSENT
 
-    def pread(self, offset: int, length: int) -> bytes:
-        # Reading cached bytes from a local file is bounded and mostly served
-        # by the page cache: done inline rather than paying a thread hop.
-        return os.pread(self.fd, min(length, max(0, self.size - offset)), offset)
+    async def pread(self, offset: int, length: int) -> memoryview:
+        """Up to `length` bytes at `offset`, fewer only past the end."""
+        buf = memoryview(bytearray(min(length, max(0, self.size - offset))))
+        # What the page cache holds is read inline, which costs less than a
+        # thread hop; what must come from disk (the journal drops the pages
+        # of big objects once durable) is read in a worker thread.
+        got = _read_cached(self.fd, buf, offset)
+        if got < len(buf):
+            got += await trio.to_thread.run_sync(_read_into, self.fd, buf[got:], offset + got)
+        return buf[:got]
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+_nowait_reads = True  # until the file system says it cannot do them
+
+
+def _read_cached(fd: int, buf: memoryview, offset: int) -> int:
+    """Read what the page cache holds of `buf`'s range, without blocking."""
+    global _nowait_reads
+    if _nowait_reads and buf:
+        try:
+            return os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            _nowait_reads = False
+    return 0
+
+
+def _read_into(fd: int, buf: memoryview, offset: int) -> int:
+    """Fill `buf` from `offset`; stop early only at the end of the file."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got

@@ -233,7 +233,7 @@ class Cache:
         finally:
             self._forgetting.discard(object_id)
 
-    async def read(self, obj: CachedObject, offset: int, size: int, ahead: int = 0) -> bytes:
+    async def read(self, obj: CachedObject, offset: int, size: int, ahead: int = 0) -> memoryview:
         """Bytes [offset, offset+size) of `obj`, fetching what is missing.
 
         `ahead` chunks after the requested ones are fetched in the background.
@@ -251,7 +251,7 @@ class Cache:
                 await fetch.wait_for(min(end, chunk_end) - chunk_start)
             elif idx not in obj.present:
                 await self.fetcher.wait(waits)  # it failed: raise its error
-        return obj.pread(offset, size)
+        return await obj.pread(offset, size)
 
     def prefetch(self, key: str, version: str, size: int, mtime: float) -> None:
         """Start fetching a whole object in the background, unless cached."""

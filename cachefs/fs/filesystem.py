@@ -278,7 +278,7 @@ class Filesystem:
         inode.kernel_ops = KernelOps.NONE
         self.stats.backing_ids_open -= 1
 
-    async def read(self, ino: int, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, ino: int, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self._handles.get(fh)
         if handle is None:
             raise FuseError(errno.EBADF)

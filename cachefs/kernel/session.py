@@ -336,7 +336,7 @@ class Session:
     async def _open(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         return self._pack_opened(await self.ops.open(hdr.nodeid, self._open_flags(body)))
 
-    async def _read(self, hdr: InHeader, body: memoryview) -> list[bytes]:
+    async def _read(self, hdr: InHeader, body: memoryview) -> list[bytes | memoryview]:
         fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
         return [await self.ops.read(hdr.nodeid, fh, offset, size)]
 

@@ -1,0 +1,166 @@
+"""What the cache leaves in the page cache, and reads of what it dropped.
+
+Once durable, chunks of objects bigger than one chunk leave the page cache
+(journal.py says why); small objects stay. Reads of a partial object take
+what the page cache holds inline and the rest from disk in a worker thread;
+either way every byte must come back as written.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from cachefs.cache import objects
+from cachefs.cache.db import CacheDB
+from cachefs.cache.journal import Journal
+from cachefs.cache.objects import CachedObject
+
+CHUNK = 256 * 1024
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of `path` in the page cache, as util-linux's fincore counts them."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return int(out.strip())
+
+
+def in_pages(size: int) -> int:
+    page = os.sysconf("SC_PAGE_SIZE")
+    return -(-size // page) * page
+
+
+def make_object(tmp_path: Path, name: str, data: bytes, chunk_size: int = CHUNK) -> CachedObject:
+    path = tmp_path / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # In 1 MiB writes, as the fetcher writes: the kernel sizes the page
+    # cache's folios after the writes.
+    for offset in range(0, len(data), 1 << 20):
+        os.pwrite(fd, data[offset:offset + (1 << 20)], offset)
+    return CachedObject(key=name, version="v1", size=len(data), mtime=0.0, chunk_size=chunk_size, path=path, fd=fd)
+
+
+@pytest.fixture
+def page_cache_fs(tmp_path: Path) -> Path:
+    # tmpfs keeps every page whatever we advise; these tests need a disk.
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if fstype in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is on {fstype}, which has no page cache to drop")
+    return tmp_path
+
+
+def test_journal_drops_big_objects_pages_once_durable(page_cache_fs: Path) -> None:
+    rng = random.Random(1)
+    big_data = rng.randbytes(4 * CHUNK + 1000)
+    big = make_object(page_cache_fs, "big", big_data)
+    small = make_object(page_cache_fs, "small", rng.randbytes(CHUNK - 1))
+    db = CacheDB(page_cache_fs / "cache.db")
+    released: list[CachedObject] = []
+    journal = Journal(db, released.append)
+    try:
+        assert resident_bytes(big.path) == in_pages(big.size)  # just written
+        for idx in range(big.nchunks):
+            journal.add(big, idx)
+        journal.add(small, 0)
+        trio.run(journal.flush)
+
+        assert resident_bytes(big.path) == 0
+        assert resident_bytes(small.path) == in_pages(small.size)
+        # Dropped, not lost: recorded, and on disk byte for byte.
+        assert db.find_object("big", "v1").complete
+        assert db.find_object("small", "v1").complete
+        assert big.path.read_bytes() == big_data
+        assert len(released) == big.nchunks + 1
+    finally:
+        db.close()
+        big.close()
+        small.close()
+
+
+def test_chunks_flushed_apart_are_dropped_too(page_cache_fs: Path) -> None:
+    # The daemon's chunks (8 MiB) are a multiple of the largest folio, so a
+    # chunk can be dropped alone; 2 MiB chunks are the tightest such case.
+    data = random.Random(4).randbytes(4 * (2 << 20) + 5000)
+    obj = make_object(page_cache_fs, "big", data, chunk_size=2 << 20)
+    db = CacheDB(page_cache_fs / "cache.db")
+    journal = Journal(db, lambda obj: None)
+    try:
+        for batch in ([0, 2], [4], [1, 3]):
+            for idx in batch:
+                journal.add(obj, idx)
+            trio.run(journal.flush)
+        assert resident_bytes(obj.path) == 0
+        assert obj.path.read_bytes() == data
+    finally:
+        db.close()
+        obj.close()
+
+
+def test_journal_keeps_pages_it_could_not_make_durable(page_cache_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = make_object(page_cache_fs, "big", random.Random(2).randbytes(3 * CHUNK))
+    db = CacheDB(page_cache_fs / "cache.db")
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    journal = Journal(db, lambda obj: None)
+    try:
+        for idx in range(big.nchunks):
+            journal.add(big, idx)
+        big.present.update(range(big.nchunks))
+        trio.run(journal.flush)
+        # Not durable: not recorded, to be fetched again, and not dropped.
+        assert db.find_object("big", "v1") is None
+        assert big.present == set()
+        assert resident_bytes(big.path) == in_pages(big.size)
+    finally:
+        db.close()
+        big.close()
+
+
+@pytest.mark.parametrize("dropped", ["none", "all", "second-half"])
+def test_reads_are_exact_whatever_the_page_cache_holds(
+    page_cache_fs: Path, monkeypatch: pytest.MonkeyPatch, dropped: str
+) -> None:
+    data = random.Random(3).randbytes(4 * CHUNK + 123)
+    obj = make_object(page_cache_fs, "obj", data)
+    from_disk: list[int] = []
+    real_read_into = objects._read_into
+
+    def counting_read_into(fd: int, buf: memoryview, offset: int) -> int:
+        from_disk.append(len(buf))
+        return real_read_into(fd, buf, offset)
+
+    monkeypatch.setattr(objects, "_read_into", counting_read_into)
+    try:
+        os.fdatasync(obj.fd)  # DONTNEED drops clean pages only
+        half = obj.size // 2 // 4096 * 4096
+        if dropped == "all":
+            os.posix_fadvise(obj.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        elif dropped == "second-half":
+            os.posix_fadvise(obj.fd, half, 0, os.POSIX_FADV_DONTNEED)
+
+        async def read(offset: int, length: int) -> bytes:
+            return bytes(await obj.pread(offset, length))
+
+        whole = trio.run(read, 0, obj.size + 5000)  # asks past the end
+        assert whole == data
+        if dropped == "none":
+            assert from_disk == []
+        else:
+            assert from_disk and sum(from_disk) <= obj.size
+            if dropped == "second-half":
+                assert sum(from_disk) <= obj.size - half  # the first half came inline
+        for offset, length in [(1, 4095), (CHUNK - 7, 20_000), (obj.size - 10, 100), (obj.size, 10)]:
+            assert trio.run(read, offset, length) == data[offset:offset + length]
+    finally:
+        obj.close()
