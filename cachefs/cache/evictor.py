@@ -5,7 +5,10 @@ reserved by chunk downloads in flight. A download reserves its chunk before
 it starts (`make_room`), evicting first if needed, so the cap holds within
 one chunk per active download. Victims are the least recently opened
 objects; an object in use (open handle, backing id, fetch or unflushed
-record) or pinned is never evicted. An object's record is deleted before
+record) or pinned is never evicted. Files closed a moment ago are still held
+by their unflushed records; when only they stand between a download and the
+cap, the download waits for that flush (a fraction of a second) rather than
+push the cache past its cap. An object's record is deleted before
 its file, so a crash can leave an orphan file (fsck removes it) but never a
 record of data that is gone.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +49,14 @@ class Evictor:
         in_use: Callable[[str, str], bool],
         cap_bytes: int | None,
         min_free_bytes: int,
+        settle: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._db = db
         self._data_path = data_path
         self._in_use = in_use
+        # Waits until closed objects held by unflushed records are free to
+        # go; says whether there were any.
+        self._settle = settle
         self.cap_bytes = cap_bytes
         self.min_free_bytes = min_free_bytes
         self.used_bytes = db.bytes_cached()
@@ -77,7 +84,10 @@ class Evictor:
     async def make_room(self, nbytes: int) -> None:
         """Reserve `nbytes` for a download, evicting first if needed."""
         if self._excess(nbytes):
-            await self._evict_lru(nbytes)
+            short = await self._evict_lru(nbytes)
+            if short and self._settle is not None and await self._settle():
+                short = await self._evict_lru(nbytes)
+            self._note_shortfall(short)
         self._reserved += nbytes
 
     def written(self, reserved: int, actual: int) -> None:
@@ -92,7 +102,7 @@ class Evictor:
         while True:
             try:
                 if self._excess():
-                    await self._evict_lru(0)
+                    self._note_shortfall(await self._evict_lru(0))
             except (OSError, sqlite3.Error) as e:
                 # A failing disk must not take the daemon down; try again later.
                 log.error("eviction failed: %s", e)
@@ -106,8 +116,9 @@ class Evictor:
         if self.cap_bytes is not None and self.used_bytes > self.cap_bytes:
             self._wakeup.set()
 
-    async def _evict_lru(self, incoming: int) -> None:
-        """Evict least recently used objects until `incoming` bytes fit."""
+    async def _evict_lru(self, incoming: int) -> int:
+        """Evict least recently used objects until `incoming` bytes fit;
+        return how many bytes are still missing."""
         async with self._lock:
             # Measured under the lock: another eviction may just have made room.
             need = self._excess(incoming)
@@ -117,12 +128,17 @@ class Evictor:
                     break
                 if not self._in_use(row.key, row.version):
                     freed += await self._drop(row)
-            if freed < need and not self._warned_stuck:
-                self._warned_stuck = True
-                log.warning("cannot free %d bytes: what is left is open or pinned; "
-                            "the cache stays over its limit until files are closed", need - freed)
-            elif freed >= need:
-                self._warned_stuck = False
+            return max(0, need - freed)
+
+    def _note_shortfall(self, short: int) -> None:
+        # Once per episode: a cap smaller than what is open would otherwise
+        # log on every chunk.
+        if short and not self._warned_stuck:
+            self._warned_stuck = True
+            log.warning("cannot free %d bytes: what is left is open or pinned; "
+                        "the cache stays over its limit until files are closed", short)
+        elif not short:
+            self._warned_stuck = False
 
     async def free(self, nbytes: int) -> int:
         """Evict at least `nbytes` whatever the limits say (the disk is full);

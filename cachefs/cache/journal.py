@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import trio
@@ -41,12 +42,33 @@ class Journal:
         self._release = release  # drops the use each queued chunk holds
         self._pending: list[tuple[CachedObject, int]] = []
         self._opened: dict[CachedObject, float] = {}  # last open time, for LRU
+        self._held: Counter[CachedObject] = Counter()  # uses held by queued or flushing chunks
         self._wakeup = trio.Event()
+        self._hurry = trio.Event()  # flush without waiting out the batch
+        self._gathering_done = trio.Event()  # set once the queued chunks are flushed
+        self._flushing: trio.Event | None = None  # the same, for a flush under way
 
     def add(self, obj: CachedObject, idx: int) -> None:
         obj.uses += 1
+        self._held[obj] += 1
         self._pending.append((obj, idx))
         self._wakeup.set()
+
+    def holding(self, obj: CachedObject) -> int:
+        """How many of `obj`'s uses are chunks waiting to be recorded."""
+        return self._held[obj]
+
+    async def settle(self) -> None:
+        """Flush what is queued now, without the batching delay; return once
+        every chunk added so far is recorded (or given up)."""
+        if self._pending:
+            done = self._gathering_done
+            self._hurry.set()
+        elif self._flushing is not None:
+            done = self._flushing
+        else:
+            return
+        await done.wait()
 
     def opened(self, obj: CachedObject) -> None:
         """Note that `obj` was opened now (recorded with the next batch)."""
@@ -57,7 +79,8 @@ class Journal:
         """Flush forever; cancel to stop (then call `flush` once more)."""
         while True:
             await self._wakeup.wait()
-            await trio.sleep(BATCH_SECONDS)
+            with trio.move_on_after(BATCH_SECONDS):
+                await self._hurry.wait()
             # A batch taken must be recorded: cancelling it half way would
             # drop the record of chunks that are safely on disk. A flush is
             # bounded (one fsync per file, one commit), so shield it.
@@ -65,9 +88,20 @@ class Journal:
                 await self.flush()
 
     async def flush(self) -> None:
+        done, self._gathering_done = self._gathering_done, trio.Event()
+        self._flushing = done
+        try:
+            await self._flush()
+        finally:
+            if self._flushing is done:
+                self._flushing = None
+            done.set()
+
+    async def _flush(self) -> None:
         batch, self._pending = self._pending, []
         opened, self._opened = self._opened, {}
         self._wakeup = trio.Event()
+        self._hurry = trio.Event()
         # Access times of objects without a row yet are set when it is made.
         accessed = {obj.object_id: t for obj, t in opened.items() if obj.object_id is not None}
         if accessed:
@@ -88,6 +122,9 @@ class Journal:
                 log.exception("could not record %d cached chunks", len(batch))
             finally:
                 for obj, _ in batch:
+                    self._held[obj] -= 1
+                    if not self._held[obj]:
+                        del self._held[obj]
                     self._release(obj)
 
     @staticmethod

@@ -95,7 +95,7 @@ class Cache:
         self._objects: dict[tuple[str, str], CachedObject] = {}
         self._forgetting: set[int] = set()  # object ids whose chunk rows are being deleted
         self.journal = Journal(self.db, self.release)
-        self.evictor = Evictor(self.db, self._data_path, self._in_use, cap_bytes, min_free_bytes)
+        self.evictor = Evictor(self.db, self._data_path, self._in_use, cap_bytes, min_free_bytes, self._settle)
         self._fetcher: ChunkFetcher | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -171,6 +171,14 @@ class Cache:
     def _in_use(self, key: str, version: str) -> bool:
         """Whether an object is open, being fetched or recorded."""
         return (key, version) in self._objects
+
+    async def _settle(self) -> bool:
+        """Wait for the journal if it alone keeps closed objects from eviction;
+        return whether it did."""
+        if not any(obj.uses == self.journal.holding(obj) for obj in self._objects.values()):
+            return False
+        await self.journal.settle()
+        return True
 
     def _data_path(self, row: ObjectRow) -> Path:
         return data_path(self.data_dir, row.data_name)
