@@ -68,7 +68,7 @@ def test_settle_returns_once_queued_chunks_are_recorded(tmp_path: Path, monkeypa
                 first.set()
 
             nursery.start_soon(settle_first)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             journal.add(objs[2], 1)
             await journal.settle()
             await first.wait()

@@ -1,9 +1,10 @@
 """What the cache leaves in the page cache, and reads of what it dropped.
 
-Once durable, chunks of objects bigger than one chunk leave the page cache
-(journal.py says why); small objects stay. Reads of a partial object take
-what the page cache holds inline and the rest from disk in a worker thread;
-either way every byte must come back as written.
+Once durable, streamed chunks (of big objects, fetched ahead of their
+reader) leave the page cache; journal.py says why. Chunks readers asked for
+and small objects stay. Reads take what the page cache holds inline and the
+rest from disk in a worker thread; either way every byte must come back as
+written.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from cachefs.cache import objects
 from cachefs.cache.db import CacheDB
 from cachefs.cache.journal import Journal
 from cachefs.cache.objects import CachedObject
+from cachefs.localstore import NginxStore
+from cachefs.localstore.tree import CHUNK as DAEMON_CHUNK
+
+from conftest import Mounter, Tree, wait_until
 
 CHUNK = 256 * 1024
+BIG_CHUNK = 2 << 20
 
 
 def resident_bytes(path: Path) -> int:
@@ -31,6 +37,14 @@ def resident_bytes(path: Path) -> int:
         check=True, capture_output=True, text=True,
     ).stdout
     return int(out.strip())
+
+
+def in_page_cache(fd: int, offset: int) -> bool:
+    """Whether the page at `offset` can be read without waiting for the disk."""
+    try:
+        return os.preadv(fd, [bytearray(4096)], offset, os.RWF_NOWAIT) == 4096
+    except BlockingIOError:
+        return False
 
 
 def in_pages(size: int) -> int:
@@ -51,28 +65,32 @@ def make_object(tmp_path: Path, name: str, data: bytes, chunk_size: int = CHUNK)
 @pytest.fixture
 def page_cache_fs(tmp_path: Path) -> Path:
     # tmpfs keeps every page whatever we advise; these tests need a disk.
-    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)],
+                            check=True, capture_output=True, text=True).stdout.strip()
     if fstype in ("tmpfs", "ramfs"):
         pytest.skip(f"{tmp_path} is on {fstype}, which has no page cache to drop")
     return tmp_path
 
 
-def test_journal_drops_big_objects_pages_once_durable(page_cache_fs: Path) -> None:
+def test_journal_drops_streamed_chunks_once_durable(page_cache_fs: Path) -> None:
     rng = random.Random(1)
-    big_data = rng.randbytes(4 * CHUNK + 1000)
-    big = make_object(page_cache_fs, "big", big_data)
+    # 2 MiB chunks: the largest folio fits one, as with the daemon's 8 MiB.
+    big_data = rng.randbytes(5 * BIG_CHUNK + 1000)
+    big = make_object(page_cache_fs, "big", big_data, chunk_size=BIG_CHUNK)
     small = make_object(page_cache_fs, "small", rng.randbytes(CHUNK - 1))
     db = CacheDB(page_cache_fs / "cache.db")
     released: list[CachedObject] = []
     journal = Journal(db, released.append)
     try:
         assert resident_bytes(big.path) == in_pages(big.size)  # just written
-        for idx in range(big.nchunks):
-            journal.add(big, idx)
+        journal.add(big, 0)  # a reader asked for these two
+        journal.add(big, 3)
+        for idx in (1, 2, 4, 5):  # fetched ahead of the reader
+            journal.add(big, idx, uncache=True)
         journal.add(small, 0)
         trio.run(journal.flush)
 
-        assert resident_bytes(big.path) == 0
+        assert resident_bytes(big.path) == 2 * BIG_CHUNK
         assert resident_bytes(small.path) == in_pages(small.size)
         # Dropped, not lost: recorded, and on disk byte for byte.
         assert db.find_object("big", "v1").complete
@@ -88,14 +106,14 @@ def test_journal_drops_big_objects_pages_once_durable(page_cache_fs: Path) -> No
 def test_chunks_flushed_apart_are_dropped_too(page_cache_fs: Path) -> None:
     # The daemon's chunks (8 MiB) are a multiple of the largest folio, so a
     # chunk can be dropped alone; 2 MiB chunks are the tightest such case.
-    data = random.Random(4).randbytes(4 * (2 << 20) + 5000)
-    obj = make_object(page_cache_fs, "big", data, chunk_size=2 << 20)
+    data = random.Random(4).randbytes(4 * BIG_CHUNK + 5000)
+    obj = make_object(page_cache_fs, "big", data, chunk_size=BIG_CHUNK)
     db = CacheDB(page_cache_fs / "cache.db")
     journal = Journal(db, lambda obj: None)
     try:
         for batch in ([0, 2], [4], [1, 3]):
             for idx in batch:
-                journal.add(obj, idx)
+                journal.add(obj, idx, uncache=True)
             trio.run(journal.flush)
         assert resident_bytes(obj.path) == 0
         assert obj.path.read_bytes() == data
@@ -115,7 +133,7 @@ def test_journal_keeps_pages_it_could_not_make_durable(page_cache_fs: Path, monk
     journal = Journal(db, lambda obj: None)
     try:
         for idx in range(big.nchunks):
-            journal.add(big, idx)
+            journal.add(big, idx, uncache=True)
         big.present.update(range(big.nchunks))
         trio.run(journal.flush)
         # Not durable: not recorded, to be fetched again, and not dropped.
@@ -164,3 +182,30 @@ def test_reads_are_exact_whatever_the_page_cache_holds(
             assert trio.run(read, offset, length) == data[offset:offset + length]
     finally:
         obj.close()
+
+
+def test_a_mount_keeps_what_readers_asked_for_and_drops_what_it_streamed(
+    mount: Mounter, store: NginxStore, tree: Tree, page_cache_fs: Path
+) -> None:
+    mp = mount(store.url, page_cache_fs / "cache")
+    big = mp / "big.bin"
+    asked = [5, 9]  # chunks a reader waits for, with no read-ahead
+    with open(big, "rb", buffering=0) as f:
+        for idx in asked:
+            offset = idx * DAEMON_CHUNK + 4096
+            assert os.pread(f.fileno(), 4096, offset) == tree.read("big.bin", offset, 4096)
+    assert Tree.sha256_of(big) == tree.hashes["big.bin"]  # sequential: read-ahead streams the rest
+
+    data = max((p for p in (page_cache_fs / "cache").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    assert data.stat().st_size == tree.size("big.bin")
+    nchunks = -(-data.stat().st_size // DAEMON_CHUNK)
+    # Chunk 0 (the sequential read's first) and the asked ones stay; a
+    # chunk or two more may have been asked for before read-ahead got to it.
+    bound = (len(asked) + 3) * DAEMON_CHUNK
+    assert wait_until(lambda: resident_bytes(data) <= bound, 10), \
+        f"{resident_bytes(data)} bytes of {nchunks} chunks still in the page cache"
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        assert [idx for idx in asked if not in_page_cache(fd, idx * DAEMON_CHUNK + 4096)] == []
+    finally:
+        os.close(fd)

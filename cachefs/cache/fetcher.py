@@ -72,7 +72,8 @@ class ChunkFetcher:
                 continue
             fetch = obj.inflight.get(idx)
             if fetch is None:
-                fetch = obj.inflight[idx] = ChunkFetch(self._slots.ticket(priority))
+                fetch = obj.inflight[idx] = ChunkFetch(self._slots.ticket(priority),
+                                                       ahead=priority is not Priority.DEMAND)
                 obj.uses += 1
                 self._nursery.start_soon(self._fetch, obj, idx, fetch)
             else:
@@ -114,7 +115,8 @@ class ChunkFetcher:
                 finally:
                     self._evictor.written(end - start, written)
             obj.present.add(idx)
-            self._journal.add(obj, idx)
+            # Streamed: a chunk of a big object fetched ahead of its reader.
+            self._journal.add(obj, idx, uncache=fetch.ahead and obj.nchunks > 1)
         except RemoteError as e:
             error = e
         except OSError as e:

@@ -5,13 +5,15 @@ A crash can therefore lose the record of a chunk that is on disk (it is
 fetched again) but never record a chunk whose bytes are not. Batching keeps
 one fsync per file and one commit per batch, off the request path.
 
-Once durable, the chunks of objects bigger than one chunk leave the page
-cache. Filling a cache is write-once streaming: keeping every byte in memory
-would push out what the rest of the system is using (a prefetch of a large
-folder would empty the page cache), and it makes cold reads slow in VMs,
-where page cache memory new to the guest costs about 10 us a page to touch
-while pages freed a moment ago are reused for free (bench/RESULTS.md).
-Small objects stay: their pages are few, and trees of them are re-read.
+Once durable, streamed chunks leave the page cache: chunks of objects
+bigger than one chunk that were fetched ahead of their reader (read-ahead,
+prefetch). Streaming big files into the cache is write-once work: keeping
+every byte in memory would push out what the rest of the system is using
+(a prefetch of large files would empty the page cache), and it makes cold
+reads slow in VMs, where page cache memory new to the guest costs about
+10 us a page to touch while pages freed a moment ago are reused for free
+(bench/RESULTS.md). Chunks a reader asked for stay, since random reads come
+back to them, and so do small files, whose pages are few and often re-read.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple
 
 import trio
 from sqlite_utils import Database
@@ -34,13 +37,21 @@ log = logging.getLogger(__name__)
 BATCH_SECONDS = 0.1
 
 
+class Entry(NamedTuple):
+    """A chunk written to its data file, waiting to be made durable."""
+
+    obj: CachedObject
+    idx: int
+    uncache: bool  # fetched ahead of readers: drop its pages once durable
+
+
 class Journal:
     """Queues (object, chunk) pairs and flushes them from one task."""
 
     def __init__(self, db: CacheDB, release: Callable[[CachedObject], None]) -> None:
         self._db = db
         self._release = release  # drops the use each queued chunk holds
-        self._pending: list[tuple[CachedObject, int]] = []
+        self._pending: list[Entry] = []
         self._opened: dict[CachedObject, float] = {}  # last open time, for LRU
         self._held: Counter[CachedObject] = Counter()  # uses held by queued or flushing chunks
         self._wakeup = trio.Event()
@@ -48,10 +59,12 @@ class Journal:
         self._gathering_done = trio.Event()  # set once the queued chunks are flushed
         self._flushing: trio.Event | None = None  # the same, for a flush under way
 
-    def add(self, obj: CachedObject, idx: int) -> None:
+    def add(self, obj: CachedObject, idx: int, uncache: bool = False) -> None:
+        """Queue chunk `idx` of `obj`, which is in its data file; `uncache`:
+        drop its pages once durable (module docstring)."""
         obj.uses += 1
         self._held[obj] += 1
-        self._pending.append((obj, idx))
+        self._pending.append(Entry(obj, idx, uncache))
         self._wakeup.set()
 
     def holding(self, obj: CachedObject) -> int:
@@ -121,50 +134,51 @@ class Journal:
                 # Not recording is always safe: the chunks are fetched again.
                 log.exception("could not record %d cached chunks", len(batch))
             finally:
-                for obj, _ in batch:
+                for obj, *_ in batch:
                     self._held[obj] -= 1
                     if not self._held[obj]:
                         del self._held[obj]
                     self._release(obj)
 
     @staticmethod
-    def _sync_files(batch: list[tuple[CachedObject, int]]) -> set[CachedObject]:
+    def _sync_files(batch: list[Entry]) -> set[CachedObject]:
         """fdatasync each object's file once; return those that failed.
 
-        The page cache copies of what was synced are dropped (module docstring).
+        Then the page cache copies of synced chunks fetched ahead of readers
+        are dropped (module docstring).
         """
-        chunks: dict[CachedObject, list[int]] = {}
-        for obj, idx in batch:
-            chunks.setdefault(obj, []).append(idx)
+        uncache: dict[CachedObject, list[int]] = {}
+        for obj, idx, drop in batch:
+            chunks = uncache.setdefault(obj, [])
+            if drop:
+                chunks.append(idx)
         failed = set()
-        for obj, idxs in chunks.items():
+        for obj, idxs in uncache.items():
             try:
                 os.fdatasync(obj.fd)
             except OSError as e:
                 log.error("cannot make %s durable: %s", obj.key, e.strerror)
                 failed.add(obj)
                 continue
-            if obj.size > obj.chunk_size:
+            if idxs:
                 _drop_pages(obj, idxs)
         return failed
 
     @staticmethod
-    def _forget_unsynced(
-        batch: list[tuple[CachedObject, int]], failed: set[CachedObject]
-    ) -> list[tuple[CachedObject, int]]:
+    def _forget_unsynced(batch: list[Entry], failed: set[CachedObject]) -> list[Entry]:
         """Chunks whose write-back failed may read back wrong: fetch them again."""
-        for obj, idx in batch:
-            if obj in failed:
-                obj.present.discard(idx)
-        return [(obj, idx) for obj, idx in batch if obj not in failed]
+        for entry in batch:
+            if entry.obj in failed:
+                entry.obj.present.discard(entry.idx)
+        return [entry for entry in batch if entry.obj not in failed]
 
     @staticmethod
-    def _record(db: Database, batch: list[tuple[CachedObject, int]]) -> dict[CachedObject, int]:
+    def _record(db: Database, batch: list[Entry]) -> dict[CachedObject, int]:
         """On the writer thread, in one transaction: rows for new objects, then
         chunks. Returns the ids of the new object rows."""
         new_ids: dict[CachedObject, int] = {}
         records = []
-        for obj, idx in batch:
+        for obj, idx, _ in batch:
             # Objects get their row at their first flush, not at open, so a
             # cold open costs no database write.
             object_id = obj.object_id or new_ids.get(obj)
