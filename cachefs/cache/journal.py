@@ -147,13 +147,13 @@ class Journal:
         Then the page cache copies of synced chunks fetched ahead of readers
         are dropped (module docstring).
         """
-        uncache: dict[CachedObject, list[int]] = {}
-        for obj, idx, drop in batch:
-            chunks = uncache.setdefault(obj, [])
-            if drop:
+        to_drop: dict[CachedObject, list[int]] = {}  # every object in the batch
+        for obj, idx, uncache in batch:
+            chunks = to_drop.setdefault(obj, [])
+            if uncache:
                 chunks.append(idx)
         failed = set()
-        for obj, idxs in uncache.items():
+        for obj, idxs in to_drop.items():
             try:
                 os.fdatasync(obj.fd)
             except OSError as e:
