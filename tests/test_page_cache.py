@@ -154,9 +154,9 @@ def test_reads_are_exact_whatever_the_page_cache_holds(
     from_disk: list[int] = []
     real_read_into = objects._read_into
 
-    def counting_read_into(fd: int, buf: memoryview, offset: int) -> int:
+    def counting_read_into(fd: int, buf: memoryview, offset: int, uncached: bool = False) -> int:
         from_disk.append(len(buf))
-        return real_read_into(fd, buf, offset)
+        return real_read_into(fd, buf, offset, uncached)
 
     monkeypatch.setattr(objects, "_read_into", counting_read_into)
     try:
@@ -172,6 +172,9 @@ def test_reads_are_exact_whatever_the_page_cache_holds(
 
         whole = trio.run(read, 0, obj.size + 5000)  # asks past the end
         assert whole == data
+        if dropped == "all":
+            # What came from disk was not put back into the page cache.
+            assert resident_bytes(obj.path) == 0
         if dropped == "none":
             assert from_disk == []
         else:

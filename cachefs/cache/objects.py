@@ -132,10 +132,11 @@ class CachedObject:
             return buf[:_read_into(self.fd, buf, offset)]
         # What the page cache holds is read inline, which costs less than a
         # thread hop; what must come from disk (the journal drops streamed
-        # chunks once durable) is read in a worker thread.
+        # chunks once durable) is read in a worker thread, and not put back
+        # into the page cache.
         got = _read_cached(self.fd, buf, offset)
         if got < len(buf):
-            got += await trio.to_thread.run_sync(_read_into, self.fd, buf[got:], offset + got)
+            got += await trio.to_thread.run_sync(_read_uncached, self.fd, buf[got:], offset + got)
         return buf[:got]
 
     def close(self) -> None:
@@ -144,30 +145,58 @@ class CachedObject:
             self.fd = -1
 
 
-_nowait_reads = True  # until the file system says it cannot do them
+# preadv2 flag (linux/fs.h, 6.14+): pages a read has to bring in are dropped
+# once it has copied them (so are those its read-ahead brings in, once read).
+# Python 3.11's os module does not name it.
+RWF_DONTCACHE = 0x80
+# Until the file system says it cannot do them:
+_nowait_reads = True
+_uncached_reads = True
 
 
 def _read_cached(fd: int, buf: memoryview, offset: int) -> int:
     """Read what the page cache holds of `buf`'s range, without blocking."""
     global _nowait_reads
-    if _nowait_reads and buf:
-        try:
-            return os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return 0
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            _nowait_reads = False
-    return 0
+    if not _nowait_reads or not buf:
+        return 0
+    try:
+        return _preadv(fd, buf, offset, os.RWF_NOWAIT, uncached=True)
+    except BlockingIOError:
+        return 0
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        _nowait_reads = False
+        return 0
 
 
-def _read_into(fd: int, buf: memoryview, offset: int) -> int:
+def _read_into(fd: int, buf: memoryview, offset: int, uncached: bool = False) -> int:
     """Fill `buf` from `offset`; stop early only at the end of the file."""
     got = 0
     while got < len(buf):
-        n = os.preadv(fd, [buf[got:]], offset + got)
+        n = _preadv(fd, buf[got:], offset + got, 0, uncached)
         if n == 0:
             break
         got += n
     return got
+
+
+def _read_uncached(fd: int, buf: memoryview, offset: int) -> int:
+    return _read_into(fd, buf, offset, uncached=True)
+
+
+def _preadv(fd: int, buf: memoryview, offset: int, flags: int, uncached: bool) -> int:
+    """preadv2; `uncached`: with RWF_DONTCACHE where the file system has it.
+
+    The probe for cached pages is uncached too: on a miss it starts
+    read-ahead, and only pages marked so are dropped once read.
+    """
+    global _uncached_reads
+    if uncached and _uncached_reads:
+        try:
+            return os.preadv(fd, [buf], offset, flags | RWF_DONTCACHE)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            _uncached_reads = False
+    return os.preadv(fd, [buf], offset, flags)
