@@ -9,6 +9,7 @@ written.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
@@ -145,12 +146,15 @@ def test_journal_keeps_pages_it_could_not_make_durable(page_cache_fs: Path, monk
         big.close()
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("dropped", ["none", "all", "second-half"])
 def test_reads_are_exact_whatever_the_page_cache_holds(
-    page_cache_fs: Path, monkeypatch: pytest.MonkeyPatch, dropped: str
+    page_cache_fs: Path, monkeypatch: pytest.MonkeyPatch, dropped: str, streamed: bool
 ) -> None:
     data = random.Random(3).randbytes(4 * CHUNK + 123)
     obj = make_object(page_cache_fs, "obj", data)
+    if streamed:
+        obj.streamed.update(range(obj.nchunks))
     from_disk: list[int] = []
     real_read_into = objects._read_into
 
@@ -172,8 +176,10 @@ def test_reads_are_exact_whatever_the_page_cache_holds(
 
         whole = trio.run(read, 0, obj.size + 5000)  # asks past the end
         assert whole == data
-        if dropped == "all":
-            # What came from disk was not put back into the page cache.
+        if dropped == "all" and not streamed:
+            assert resident_bytes(obj.path) == in_pages(obj.size)  # as any read would
+        if dropped == "all" and streamed and objects._uncached_reads:
+            # Streamed chunks that came from disk were not put back.
             assert resident_bytes(obj.path) == 0
         if dropped == "none":
             assert from_disk == []
@@ -183,6 +189,40 @@ def test_reads_are_exact_whatever_the_page_cache_holds(
                 assert sum(from_disk) <= obj.size - half  # the first half came inline
         for offset, length in [(1, 4095), (CHUNK - 7, 20_000), (obj.size - 10, 100), (obj.size, 10)]:
             assert trio.run(read, offset, length) == data[offset:offset + length]
+    finally:
+        obj.close()
+
+
+@pytest.mark.parametrize("refused", [objects.RWF_DONTCACHE, os.RWF_NOWAIT])
+def test_reads_fall_back_when_the_file_system_refuses_a_flag(
+    page_cache_fs: Path, monkeypatch: pytest.MonkeyPatch, refused: int
+) -> None:
+    # As tmpfs or a kernel before 6.14 answers: EOPNOTSUPP for the flag.
+    monkeypatch.setattr(objects, "_nowait_reads", True)
+    monkeypatch.setattr(objects, "_uncached_reads", True)
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: list, offset: int, flags: int = 0) -> int:
+        if flags & refused:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_preadv(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(objects.os, "preadv", preadv)
+    data = random.Random(5).randbytes(3 * CHUNK + 77)
+    obj = make_object(page_cache_fs, "obj", data)
+    obj.streamed.update(range(obj.nchunks))
+    try:
+        os.fdatasync(obj.fd)
+        os.posix_fadvise(obj.fd, CHUNK, 0, os.POSIX_FADV_DONTNEED)
+
+        async def read(offset: int, length: int) -> bytes:
+            return bytes(await obj.pread(offset, length))
+
+        for offset, length in [(0, obj.size), (5, 4096), (CHUNK, 2 * CHUNK)]:
+            assert trio.run(read, offset, length) == data[offset:offset + length]
+        # Only the refused flag is given up.
+        assert objects._uncached_reads is (refused != objects.RWF_DONTCACHE)
+        assert objects._nowait_reads is (refused != os.RWF_NOWAIT)
     finally:
         obj.close()
 

@@ -115,8 +115,12 @@ class ChunkFetcher:
                 finally:
                     self._evictor.written(end - start, written)
             obj.present.add(idx)
-            # Streamed: a chunk of a big object fetched ahead of its reader.
-            self._journal.add(obj, idx, uncache=fetch.ahead and obj.nchunks > 1)
+            # Streamed: a chunk of a big object whose fetch started ahead of
+            # any reader (journal.py says why that matters).
+            streamed = fetch.ahead and obj.nchunks > 1
+            if streamed:
+                obj.streamed.add(idx)
+            self._journal.add(obj, idx, uncache=streamed)
         except RemoteError as e:
             error = e
         except OSError as e:

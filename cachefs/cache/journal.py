@@ -6,14 +6,15 @@ fetched again) but never record a chunk whose bytes are not. Batching keeps
 one fsync per file and one commit per batch, off the request path.
 
 Once durable, streamed chunks leave the page cache: chunks of objects
-bigger than one chunk that were fetched ahead of their reader (read-ahead,
-prefetch). Streaming big files into the cache is write-once work: keeping
-every byte in memory would push out what the rest of the system is using
-(a prefetch of large files would empty the page cache), and it makes cold
-reads slow in VMs, where page cache memory new to the guest costs about
-10 us a page to touch while pages freed a moment ago are reused for free
-(bench/RESULTS.md). Chunks a reader asked for stay, since random reads come
-back to them, and so do small files, whose pages are few and often re-read.
+bigger than one chunk whose fetch was started ahead of a reader (read-ahead,
+prefetch), even if a reader caught up with it and waited. Streaming big
+files into the cache is write-once work: keeping every byte in memory would
+push out what the rest of the system is using (a prefetch of large files
+would empty the page cache), and it makes cold reads slow in VMs, where page
+cache memory new to the guest costs about 10 us a page to touch while pages
+freed a moment ago are reused for free (bench/RESULTS.md). Chunks whose
+fetch a reader started stay, since random reads come back to them, and so
+do small files, whose pages are few and often re-read.
 """
 
 from __future__ import annotations
@@ -117,35 +118,37 @@ class Journal:
         self._hurry = trio.Event()
         # Access times of objects without a row yet are set when it is made.
         accessed = {obj.object_id: t for obj, t in opened.items() if obj.object_id is not None}
-        if accessed:
-            try:
-                await self._db.write(lambda db: CacheDB.touch(db, accessed))
-            except Exception:
-                log.exception("could not record access times")
-        if batch:
-            try:
-                failed = await trio.to_thread.run_sync(self._sync_files, batch)
-                durable = self._forget_unsynced(batch, failed) if failed else batch
-                new_ids = await self._db.write(lambda db: self._record(db, durable))
-                # Only now, after the commit, do the new rows exist.
-                for obj, object_id in new_ids.items():
-                    obj.object_id = object_id
-            except Exception:
-                # Not recording is always safe: the chunks are fetched again.
-                log.exception("could not record %d cached chunks", len(batch))
-            finally:
-                for obj, *_ in batch:
-                    self._held[obj] -= 1
-                    if not self._held[obj]:
-                        del self._held[obj]
-                    self._release(obj)
+        try:
+            if accessed:
+                try:
+                    await self._db.write(lambda db: CacheDB.touch(db, accessed))
+                except Exception:
+                    log.exception("could not record access times")
+            if batch:
+                try:
+                    failed = await trio.to_thread.run_sync(self._sync_files, batch)
+                    durable = self._forget_unsynced(batch, failed) if failed else batch
+                    new_ids = await self._db.write(lambda db: self._record(db, durable))
+                    # Only now, after the commit, do the new rows exist.
+                    for obj, object_id in new_ids.items():
+                        obj.object_id = object_id
+                except Exception:
+                    # Not recording is always safe: the chunks are fetched again.
+                    log.exception("could not record %d cached chunks", len(batch))
+        finally:
+            # Taken means released, however the flush ends.
+            for obj, *_ in batch:
+                self._held[obj] -= 1
+                if not self._held[obj]:
+                    del self._held[obj]
+                self._release(obj)
 
     @staticmethod
     def _sync_files(batch: list[Entry]) -> set[CachedObject]:
         """fdatasync each object's file once; return those that failed.
 
-        Then the page cache copies of synced chunks fetched ahead of readers
-        are dropped (module docstring).
+        Then the page cache copies of synced streamed chunks are dropped
+        (module docstring).
         """
         to_drop: dict[CachedObject, list[int]] = {}  # every object in the batch
         for obj, idx, uncache in batch:
@@ -208,4 +211,8 @@ def _drop_pages(obj: CachedObject, idxs: list[int]) -> None:
     for first, stop in runs:
         start = obj.chunk_span(first)[0]
         end = obj.chunk_span(stop - 1)[1]
-        os.posix_fadvise(obj.fd, start, 0 if end == obj.size else end - start, os.POSIX_FADV_DONTNEED)
+        try:
+            os.posix_fadvise(obj.fd, start, 0 if end == obj.size else end - start, os.POSIX_FADV_DONTNEED)
+        except OSError as e:
+            # Only advice: the chunks are durable whatever it says.
+            log.debug("cannot drop cached pages of %s: %s", obj.key, e.strerror)

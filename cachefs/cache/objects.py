@@ -91,6 +91,9 @@ class CachedObject:
     object_id: int | None = None
     present: set[int] = field(default_factory=set)
     inflight: dict[int, ChunkFetch] = field(default_factory=dict)
+    # Chunks streamed into the file, whose pages the journal drops once
+    # durable; reads of them from disk do not fill the page cache again.
+    streamed: set[int] = field(default_factory=set)
     # Open handles, running fetches and unflushed chunks each hold a use;
     # the data file is closed when the last one goes.
     uses: int = 0
@@ -127,16 +130,16 @@ class CachedObject:
     async def pread(self, offset: int, length: int) -> memoryview:
         """Up to `length` bytes at `offset`, fewer only past the end."""
         buf = memoryview(bytearray(min(length, max(0, self.size - offset))))
+        # Streamed chunks that come from disk are not put back into the page cache.
+        uncached = all(idx in self.streamed for idx in self.chunks_for(offset, len(buf)))
         if len(buf) <= INLINE_READ:
             # Even from disk this is about as quick as a thread hop.
-            return buf[:_read_into(self.fd, buf, offset)]
+            return buf[:_read_into(self.fd, buf, offset, uncached)]
         # What the page cache holds is read inline, which costs less than a
-        # thread hop; what must come from disk (the journal drops streamed
-        # chunks once durable) is read in a worker thread, and not put back
-        # into the page cache.
-        got = _read_cached(self.fd, buf, offset)
+        # thread hop; what must come from disk is read in a worker thread.
+        got = _read_cached(self.fd, buf, offset, uncached)
         if got < len(buf):
-            got += await trio.to_thread.run_sync(_read_uncached, self.fd, buf[got:], offset + got)
+            got += await trio.to_thread.run_sync(_read_into, self.fd, buf[got:], offset + got, uncached)
         return buf[:got]
 
     def close(self) -> None:
@@ -154,13 +157,13 @@ _nowait_reads = True
 _uncached_reads = True
 
 
-def _read_cached(fd: int, buf: memoryview, offset: int) -> int:
+def _read_cached(fd: int, buf: memoryview, offset: int, uncached: bool) -> int:
     """Read what the page cache holds of `buf`'s range, without blocking."""
     global _nowait_reads
     if not _nowait_reads or not buf:
         return 0
     try:
-        return _preadv(fd, buf, offset, os.RWF_NOWAIT, uncached=True)
+        return _preadv(fd, buf, offset, os.RWF_NOWAIT, uncached)
     except BlockingIOError:
         return 0
     except OSError as e:
@@ -181,10 +184,6 @@ def _read_into(fd: int, buf: memoryview, offset: int, uncached: bool = False) ->
     return got
 
 
-def _read_uncached(fd: int, buf: memoryview, offset: int) -> int:
-    return _read_into(fd, buf, offset, uncached=True)
-
-
 def _preadv(fd: int, buf: memoryview, offset: int, flags: int, uncached: bool) -> int:
     """preadv2; `uncached`: with RWF_DONTCACHE where the file system has it.
 
@@ -198,5 +197,12 @@ def _preadv(fd: int, buf: memoryview, offset: int, flags: int, uncached: bool) -
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
+        # RWF_DONTCACHE is to blame only if the same call works without it.
+        try:
+            n = os.preadv(fd, [buf], offset, flags)
+        except BlockingIOError:
             _uncached_reads = False
+            raise
+        _uncached_reads = False
+        return n
     return os.preadv(fd, [buf], offset, flags)
