@@ -5,6 +5,7 @@ for files that were closed a moment ago instead of overshooting the cap."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,21 +60,6 @@ def test_settle_returns_once_queued_chunks_are_recorded(tmp_path: Path, monkeypa
             assert [journal.holding(o) for o in objs] == [0, 0, 0]
             assert all(o.uses == 0 for o in objs)
 
-            # Chunks queued while a flush is under way wait for the next one.
-            journal.add(objs[2], 0)
-            first = trio.Event()
-
-            async def settle_first() -> None:
-                await journal.settle()
-                first.set()
-
-            nursery.start_soon(settle_first)
-            await trio.lowlevel.checkpoint()
-            journal.add(objs[2], 1)
-            await journal.settle()
-            await first.wait()
-            assert db.find_object("f2", "v1").complete
-            assert journal.holding(objs[2]) == 0
             nursery.cancel_scope.cancel()
 
     try:
@@ -82,3 +68,70 @@ def test_settle_returns_once_queued_chunks_are_recorded(tmp_path: Path, monkeypa
         db.close()
         for obj in objs:
             obj.close()
+
+
+def test_settle_during_a_flush_waits_for_the_flush_that_records_its_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = CacheDB(tmp_path / "cache.db")
+    obj = make_object(tmp_path, "f", 2)
+    journal = Journal(db, lambda o: None)
+    # The first flush's fsync blocks until the test lets it go.
+    entered, gate = threading.Event(), threading.Event()
+    real_sync = Journal._sync_files
+
+    def blocking_sync(batch):
+        entered.set()
+        gate.wait(10)
+        return real_sync(batch)
+
+    monkeypatch.setattr(Journal, "_sync_files", staticmethod(blocking_sync))
+
+    def recorded() -> set[int]:
+        row = db.find_object("f", "v1")
+        if row is None:
+            return set()
+        return {i for (i,) in db._reader.conn.execute("SELECT idx FROM chunks WHERE object_id = ?", (row.id,))}
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            await scenario()
+
+    async def scenario() -> None:
+        seen: dict[str, set[int]] = {}
+
+        async def settle(name: str, done: trio.Event) -> None:
+            await journal.settle()
+            seen[name] = recorded()
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal.run)
+            journal.add(obj, 0)
+            queued_first, during, queued_later = trio.Event(), trio.Event(), trio.Event()
+            nursery.start_soon(settle, "queued first", queued_first)
+            await trio.to_thread.run_sync(entered.wait)  # chunk 0's flush is under way
+            nursery.start_soon(settle, "during the flush", during)  # nothing queued
+            for _ in range(10):
+                await trio.lowlevel.checkpoint()  # it is waiting before more is queued
+            journal.add(obj, 1)
+            nursery.start_soon(settle, "queued later", queued_later)
+            for _ in range(10):
+                await trio.lowlevel.checkpoint()
+            assert seen == {}  # all three wait while the fsync is held
+            gate.set()
+            await queued_first.wait()
+            await during.wait()
+            await queued_later.wait()
+            nursery.cancel_scope.cancel()
+        assert seen["queued first"] >= {0}
+        assert seen["during the flush"] >= {0}
+        assert seen["queued later"] == {0, 1}
+        assert journal.holding(obj) == 0
+
+    try:
+        trio.run(main)
+    finally:
+        gate.set()
+        db.close()
+        obj.close()

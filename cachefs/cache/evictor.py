@@ -57,6 +57,7 @@ class Evictor:
         # Waits until closed objects held by unflushed records are free to
         # go; says whether there were any.
         self._settle = settle
+        self._settle_useless = False
         self.cap_bytes = cap_bytes
         self.min_free_bytes = min_free_bytes
         self.used_bytes = db.bytes_cached()
@@ -85,8 +86,13 @@ class Evictor:
         """Reserve `nbytes` for a download, evicting first if needed."""
         if self._excess(nbytes):
             short = await self._evict_lru(nbytes)
-            if short and self._settle is not None and await self._settle():
-                short = await self._evict_lru(nbytes)
+            if short and self._settle is not None and not self._settle_useless and await self._settle():
+                before, short = short, await self._evict_lru(nbytes)
+                # Nothing came free (what closed is pinned, say): do not cut
+                # every later batch short too, until eviction catches up.
+                self._settle_useless = short >= before
+            if not short:
+                self._settle_useless = False
             self._note_shortfall(short)
         self._reserved += nbytes
 
