@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,33 @@ class StartupError(Exception):
 
 def runtime_dir() -> Path:
     """Where running daemons register themselves (one JSON file per mount)."""
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and os.path.isdir("/run"):
         return Path("/run/cachefs/mounts")
     base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/cachefs-{os.getuid()}"
     return Path(base) / "cachefs" / "mounts"
+
+
+def prepare_runtime_dir() -> Path:
+    """Create the runtime folder (and its cachefs parents) private to us.
+
+    A fresh machine has none of it: /run is a tmpfs emptied at boot, and
+    XDG_RUNTIME_DIR may be unset. Under a shared /tmp, a folder someone else
+    made first is refused rather than trusted.
+    """
+    path = runtime_dir()
+    # Every level from the first one named "cachefs*" down is ours to create.
+    ours = [p for p in (path, *path.parents) if p.name.startswith("cachefs") or p == path]
+    for level in reversed(ours):
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        st = level.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise StartupError(f"runtime folder {level} is not a folder owned by uid {os.geteuid()}")
+        if st.st_mode & 0o077:
+            os.chmod(level, 0o700)
+    return path
 
 
 def daemon_alive(pid: int) -> bool:
@@ -144,6 +168,7 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
     except MountError as e:
         raise StartupError(str(e)) from None
     session = Session(fd, fs, want_passthrough=config.passthrough, on_init=lambda _c: ready(None, warning))
+    prepare_runtime_dir()
     state = state_file(config.mountpoint)
     control = state.with_suffix(".sock")
     try:
@@ -173,7 +198,6 @@ def _detach_if_mounted(mountpoint: str) -> None:
 
 
 def _write_state(path: Path, config: MountConfig, cache: Cache, control: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = {
         "mountpoint": config.mountpoint,
         "pid": os.getpid(),
