@@ -88,14 +88,18 @@ def prepare_runtime_dir() -> Path:
     ours = [p for p in (path, *path.parents) if p.name.startswith("cachefs") or p == path]
     for level in reversed(ours):
         try:
-            level.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        st = level.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            raise StartupError(f"runtime folder {level} is not a folder owned by uid {os.geteuid()}")
-        if st.st_mode & 0o077:
-            os.chmod(level, 0o700)
+            try:
+                level.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+            st = level.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                raise StartupError(f"runtime folder {level} is not a folder owned by uid {os.geteuid()}")
+            if st.st_mode & 0o077:
+                os.chmod(level, 0o700)
+        except OSError as e:
+            # XDG_RUNTIME_DIR naming a folder that is gone, a read-only /run...
+            raise StartupError(f"cannot create the runtime folder {level}: {e.strerror or e}") from None
     return path
 
 
@@ -159,6 +163,8 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
 
 
 async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
+    # Before mounting: a failure here must leave nothing mounted.
+    prepare_runtime_dir()
     fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
     assert isinstance(cache.remote, WatchedRemote)
     warning = await _check_remote(fs, cache.remote)
@@ -168,7 +174,6 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
     except MountError as e:
         raise StartupError(str(e)) from None
     session = Session(fd, fs, want_passthrough=config.passthrough, on_init=lambda _c: ready(None, warning))
-    prepare_runtime_dir()
     state = state_file(config.mountpoint)
     control = state.with_suffix(".sock")
     try:
