@@ -137,9 +137,11 @@ def _daemonize(config: MountConfig, log_level: str) -> int:
         os.set_inheritable(wfd, True)
         os.set_inheritable(config_r, True)
         # A fresh program, so no mount option (a proxy password...) stays in
-        # the daemon's command line; see cachefs.daemon_main.
+        # the daemon's command line; see cachefs.daemon_main. -P: `-m` would
+        # put the working directory first on sys.path, and a cachefs/ folder
+        # there (a checkout, say) would run instead of the installed package.
         try:
-            os.execv(sys.executable, [sys.executable, "-m", "cachefs.daemon_main",
+            os.execv(sys.executable, [sys.executable, "-P", "-m", "cachefs.daemon_main",
                                       "--config-fd", str(config_r), "--ready-fd", str(wfd)])
         finally:
             os._exit(127)
