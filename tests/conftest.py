@@ -26,11 +26,20 @@ from pathlib import Path
 
 import pytest
 
+from cachefs.daemon import runtime_dir
 from cachefs.localstore import NginxStore, TreeSpec, make_tree, test_spec
 
 CACHEFS = Path(sys.executable).parent / "cachefs"
-# Where the daemon records each mount: {"mountpoint", "pid", "source", "cache_dir"}.
-STATE_DIR = Path("/run/cachefs/mounts")
+# Where the daemon records each mount: {"mountpoint", "pid", "source", "cache_dir"}
+# (/run/cachefs/mounts as root).
+STATE_DIR = runtime_dir()
+# Variables a user's session may set that change where cachefs keeps things or
+# how it reaches a store; the tests' children start without them.
+USER_VARIABLES = (
+    "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR",
+    "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+)
 FUSECTL_DIR = Path("/sys/fs/fuse/connections")
 
 READ_PIECE = 1024 * 1024
@@ -134,10 +143,36 @@ def wait_until(predicate, timeout: float) -> bool:
     return predicate()
 
 
-def run(cmd: list[str | Path], timeout: float) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str | Path], timeout: float, *, env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, check=False
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, check=False,
+        env=env, cwd=cwd,
     )
+
+
+def default_cache_dir_in(env: dict[str, str]) -> Path:
+    """The README's default cache dir for a command run with `env`."""
+    return Path(env.get("XDG_CACHE_HOME") or Path(env["HOME"]) / ".cache") / "cachefs"
+
+
+# -- the environment -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_user_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test and its children run as a new user would: a new, empty HOME
+    and none of USER_VARIABLES. Nothing in the machine's ~/.cache/cachefs,
+    ~/.aws or proxy settings can change an outcome, and a command run without
+    --cache-dir fills no real home. Yields that HOME."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        for name in USER_VARIABLES:
+            patch.delenv(name, raising=False)
+        yield home
 
 
 # -- the tree and the store ----------------------------------------------------
@@ -230,12 +265,18 @@ class Mounter:
         return path
 
     def run_mount(
-        self, source: str, mountpoint: Path, cache_dir: Path, *extra_args: str
+        self, source: str, mountpoint: Path, cache_dir: Path | None, *extra_args: str,
+        env: dict[str, str] | None = None, cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run `cachefs mount`, whatever its outcome; a mount it made is tracked."""
-        cmd = [CACHEFS, "mount", source, mountpoint, "--cache-dir", cache_dir, *extra_args]
+        """Run `cachefs mount`, whatever its outcome; a mount it made is tracked.
+
+        `cache_dir` None: no --cache-dir, the default one for `env`."""
+        cache_option = [] if cache_dir is None else ["--cache-dir", cache_dir]
+        if cache_dir is None:
+            cache_dir = default_cache_dir_in(os.environ if env is None else env)
+        cmd = [CACHEFS, "mount", source, mountpoint, *cache_option, *extra_args]
         try:
-            result = run(cmd, MOUNT_TIMEOUT_S)
+            result = run(cmd, MOUNT_TIMEOUT_S, env=env, cwd=cwd)
         finally:
             # Even a failed or timed-out command may have left a mount.
             if is_mounted(mountpoint) and not any(
