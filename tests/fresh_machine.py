@@ -87,23 +87,47 @@ def outside(cachefs: Path) -> int:
 
 
 def _stop_leftovers(pids_file: Path) -> None:
-    """Kill what the inside run started and did not stop (it was killed, say).
+    """Stop what the inside run started and did not stop (it was killed, say).
 
     Only pids it recorded, and only while they still run the program
-    recorded with them: a reused pid is left alone. A daemon keeps its mount
-    namespace, and the mount in it, alive: it must go.
+    recorded with them: a reused pid is left alone. SIGTERM first (nginx's
+    master then stops its workers; a daemon unmounts), SIGKILL for what is
+    left, children included. A daemon keeps its mount namespace, and the
+    mount in it, alive: it must go.
     """
-    with contextlib.suppress(FileNotFoundError):
-        for line in pids_file.read_text().splitlines():
-            pid, _, marker = line.partition(" ")
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline:
-                say(f"stopping leftover pid {pid} ({marker})")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+    try:
+        lines = pids_file.read_text().splitlines()
+    except FileNotFoundError:
+        return
+    targets: list[int] = []
+    for line in lines:
+        pid, _, marker = line.partition(" ")
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and _alive(int(pid)):
+            say(f"stopping leftover pid {pid} ({marker})")
+            targets += [int(pid), *_children_of(int(pid))]
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+    deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT_S
+    while any(_alive(pid) for pid in targets) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in targets:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children_of(parent: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == parent:
+                    children.append(int(entry.name))
+    return children
 
 
 # -- inside the namespace -----------------------------------------------------------
