@@ -255,6 +255,11 @@ class Inside:
               sorted(os.listdir(runtime)))
         self.record_pid(pid, "cachefs")
         self.daemons.append(pid)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        interpreter = Path(os.fsdecode(argv[0]))
+        check(interpreter.parent == self.cachefs.parent,
+              f"the daemon runs the Python of the command's own environment ({interpreter})",
+              b" ".join(argv).decode(errors="replace"))
         cache_dir = self.home / ".cache" / "cachefs"
         check(cache_dir.is_dir() and is_private(cache_dir),
               "the default cache dir $HOME/.cache/cachefs was created, mode 0700",
