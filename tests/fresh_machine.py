@@ -202,6 +202,11 @@ class Inside:
         tree_files, tree_dirs = walk(tree)
         check(tree_files == set(hashes), f"generated a tree of {len(hashes)} files, "
               f"{sum((tree / f).stat().st_size for f in hashes)} bytes")
+        idle = self.run("status")
+        check(idle.returncode == 0 and idle.stdout.strip() == "no cachefs mounts"
+              and not Path("/run/cachefs").exists(),
+              "before any mount, cachefs status says: no cachefs mounts (and creates nothing)",
+              f"exit {idle.returncode}\n{idle.stdout}{idle.stderr}")
         with NginxStore(tree, self.work / "nginx") as store:
             self.record_pid(store.pid, "nginx")
             check(store.pid is not None, f"local nginx (pid {store.pid}) serves it at {store.url}")
