@@ -179,6 +179,7 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
+            await nursery.start(fs.run)
             prefetcher = Prefetcher(cache, fs.listings, nursery)
             await nursery.start(control_server.serve, control, Commands(fs, prefetcher).handlers())
             _write_state(state, config, cache, control)

@@ -226,7 +226,7 @@ def test_status_shows_real_figures(tree: Tree, store: NginxStore, mount: Mounter
     assert cache["objects_complete"] >= 2 and cache["objects_partial"] == 0
     assert stats["bytes_fetched"] >= sum(tree.size(r) for r in files)
     assert stats["passthrough"] is True, stats["passthrough_reason"]
-    assert stats["opens"]["daemon"] >= 2 and stats["opens"]["passthrough"] >= 1
+    assert stats["opens"]["page-cache"] >= 2 and stats["opens"]["passthrough"] >= 1
 
     text = cachefs("status", mp).stdout
     assert text.startswith(f"{mp} (pid ")

@@ -174,7 +174,8 @@ def test_complete_big_file_is_read_without_fuse_reads(mount: Mounter, pt_store: 
     big = mp / BIG
     assert state(big) == "absent"
 
-    # First read: partial, served by the daemon, which completes the file.
+    # First read: partial, a page-cache handle whose misses the daemon
+    # serves; it completes the file.
     before = stats(mp)
     fd = os.open(big, os.O_RDONLY)
     try:
@@ -184,7 +185,7 @@ def test_complete_big_file_is_read_without_fuse_reads(mount: Mounter, pt_store: 
     finally:
         os.close(fd)
     after_first = stats(mp)
-    assert after_first["opens"]["daemon"] == before["opens"]["daemon"] + 1
+    assert after_first["opens"]["page-cache"] == before["opens"]["page-cache"] + 1
     assert after_first["fuse_reads"] > before["fuse_reads"], "the cold read never reached the daemon?"
     assert wait_state(big, "complete") == "complete"
 
@@ -265,7 +266,7 @@ def test_no_passthrough_complete_files_use_the_page_cache(
     if multi_chunk:
         before = stats(mp)
         assert read_whole(path) == (pt_tree.hashes[rel], MIX[rel])
-        assert stats(mp)["opens"]["daemon"] == before["opens"]["daemon"] + 1
+        assert stats(mp)["opens"]["page-cache"] == before["opens"]["page-cache"] + 1
         assert wait_state(path, "complete") == "complete"
 
     reads = []
@@ -368,14 +369,15 @@ def test_randomized_processes_never_see_eio_or_wrong_bytes(
     assert opened_as["absent"] + opened_as["partial"] > 0, summary
     s = wait_stat(mp, "backing_ids_open", 0)
     assert s["backing_ids_open"] == 0, s
+    # DIRECT_IO is only for a failed backing registration: never here.
+    assert s["opens"]["daemon"] == 0, s
     if passthrough:
         assert s["opens"]["passthrough"] > 0 and opened_as["passthrough"] > 0, (s, summary)
-        assert s["opens"]["page-cache"] == 0, s
     else:
         assert s["opens"]["page-cache"] > 0 and opened_as["passthrough"] == 0, (s, summary)
 
     # The daemon had nothing to complain about (a failed BACKING_OPEN or
-    # BACKING_CLOSE is logged as a warning and would hide behind DIRECT_IO).
+    # BACKING_CLOSE is logged as a warning and would hide behind page-cache opens).
     logs = sorted(mount.get(mp).cache_dir.rglob("daemon.log"))
     assert logs, "no daemon.log in the cache dir"
     complaints = [line for log in logs
@@ -419,7 +421,7 @@ def _verify_in_other_process(mp: Path, tree: Tree, rel: str) -> dict:
 def test_shared_mapping_of_direct_io_handle_survives_completion(
     mount: Mounter, pt_store: NginxStore, pt_tree: Tree, extra: tuple[str, ...]
 ):
-    """A DIRECT_IO handle with a MAP_SHARED mapping open on a partial file,
+    """A page-cache handle with a MAP_SHARED mapping open on a partial file,
     the file completed through another handle, then opened, read and mapped
     from another process: nothing may fail. Once the mapping and handle are
     gone, the next open is passthrough (page cache without passthrough)."""
@@ -429,7 +431,7 @@ def test_shared_mapping_of_direct_io_handle_survives_completion(
     path = mp / rel
     rng = random.Random(31)
 
-    # A: DIRECT_IO on the partial file, mapped shared, a few pages faulted in.
+    # A: a page-cache handle on the partial file, mapped shared, a few pages faulted in.
     fd_a = os.open(path, os.O_RDONLY)
     map_a = mmap.mmap(fd_a, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     # A2: another partial handle whose descriptor is closed at once: only its

@@ -191,6 +191,13 @@ class Cache:
         """The object if some handle or fetch has it open, without a new use."""
         return self._objects.get((key, version))
 
+    def retain(self, obj: CachedObject) -> CachedObject:
+        """One more use of an object someone already holds; pair with `release`.
+        Its data file stays open (and its fd number ours) until then."""
+        assert obj.uses > 0, "retain needs a holder"
+        obj.uses += 1
+        return obj
+
     def release(self, obj: CachedObject) -> None:
         obj.uses -= 1
         if obj.uses == 0:
@@ -241,13 +248,15 @@ class Cache:
         finally:
             self._forgetting.discard(object_id)
 
-    async def read(self, obj: CachedObject, offset: int, size: int, ahead: int = 0) -> memoryview:
-        """Bytes [offset, offset+size) of `obj`, fetching what is missing.
+    async def ensure(self, obj: CachedObject, offset: int, size: int, ahead: int = 0,
+                     priority: Priority = Priority.DEMAND) -> None:
+        """Return once bytes [offset, offset+size) of `obj` are in its data
+        file, fetching what is missing; raise the fetch's error if one failed.
 
         `ahead` chunks after the requested ones are fetched in the background.
         """
         chunks = obj.chunks_for(offset, size)
-        waits = self.fetcher.start(obj, chunks)
+        waits = self.fetcher.start(obj, chunks, priority)
         end = min(offset + size, obj.size)
         for idx in chunks:
             fetch = obj.inflight.get(idx)
@@ -262,6 +271,10 @@ class Cache:
             # arriving at the same moment would delay the first byte (a cold
             # open's first read waited 9 ms behind four of them, not 3).
             self.fetcher.start(obj, range(chunks.stop, min(obj.nchunks, chunks.stop + ahead)), Priority.READAHEAD)
+
+    async def read(self, obj: CachedObject, offset: int, size: int, ahead: int = 0) -> memoryview:
+        """Bytes [offset, offset+size) of `obj`, fetching what is missing (see `ensure`)."""
+        await self.ensure(obj, offset, size, ahead)
         return await obj.pread(offset, size)
 
     def prefetch(self, key: str, version: str, size: int, mtime: float) -> None:

@@ -18,6 +18,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import trio
+
 from cachefs.cache import Cache, CachedObject, CacheState
 from cachefs.kernel.ops import Connection, DirEntry, Entry, FuseError, Opened, StatFs
 from cachefs.kernel.passthrough import BackingError, BackingFiles
@@ -28,6 +30,7 @@ from .dirahead import DirectoryReadahead
 from .inodes import Inode, InodeTable, child_path, split_path
 from .listings import Listings
 from .openmode import PASSTHROUGH_OPS, HandleMode, KernelOps, choose_mode
+from .pagepush import WINDOW, PagePusher
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,11 @@ class Filesystem:
         self._dir_handles: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self.connection: Connection | None = None
+        self.pages = PagePusher(cache, self.stats)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work of the filesystem (page pushes) until cancelled."""
+        await self.pages.run(task_status=task_status)
 
     # --- helpers -------------------------------------------------------------
 
@@ -90,6 +98,7 @@ class Filesystem:
 
     def init(self, conn: Connection) -> None:
         self.connection = conn
+        self.pages.connect(conn.notify_store)
         if not self._want_passthrough:
             reason = "turned off by --no-passthrough"
         elif conn.backing is None:
@@ -130,6 +139,8 @@ class Filesystem:
 
     def forget(self, ino: int, nlookup: int) -> None:
         self.inodes.forget(ino, nlookup)
+        if self.inodes.get(ino) is None:
+            self.pages.forget(ino)
 
     def getattr(self, ino: int) -> tuple[Attr, float]:
         return self._inode(ino).attr(), self.ttl
@@ -288,6 +299,8 @@ class Filesystem:
         try:
             data = await self.cache.read(handle.obj, offset, size, READAHEAD_CHUNKS if sequential else 0)
             self.stats.bytes_served += len(data)
+            if handle.mode is HandleMode.PAGE_CACHE and not sequential and handle.obj.size > WINDOW:
+                self.pages.after_miss(ino, handle.obj, offset)
             return data
         except RemoteError as e:
             log.warning("reading %r at %d: %s", handle.inode.path, offset, e)

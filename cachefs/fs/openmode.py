@@ -15,12 +15,24 @@ The daemon sees opens and releases, never mmaps, so the rule is conservative:
 A mapping keeps its file open (RELEASE comes after the last munmap), so "no
 other handle open" also means "no mapping of another handle". With the rule,
 an inode never has passthrough and other handles at the same time, so none of
-the conflicts above can arise. The price: a file that completes while a
-DIRECT_IO handle stays open flips only once that handle is closed; until then
-later opens are DIRECT_IO too, served from the complete cache file.
+the conflicts above can arise.
 
-Without passthrough, complete files are answered KEEP_CACHE (repeated reads
-come from the page cache) and partial ones DIRECT_IO; those two can coexist.
+Every other open is answered KEEP_CACHE: the kernel's page cache of the inode
+serves what it holds, and only a miss reaches the daemon. A handle opened
+while its file was partial therefore stops asking the daemon once its pages
+are in (the daemon also pushes the pages around a random reader's miss,
+see `pagepush`): a database opened cold reads at page-cache speed once warm,
+instead of paying a daemon round trip per read for the handle's life. A
+file that completes while such a handle stays open flips to passthrough for
+new opens once that handle is closed; until then later opens share the page
+cache. DIRECT_IO (the daemon serves every read) is left for a file whose
+backing file could not be registered while passthrough handles are open.
+
+Why not passthrough from the first byte, filling holes on fanotify
+pre-content events: Linux 6.18 raises those events for read() through a
+passthrough handle, but an mmap through one maps the backing file with no
+event at all (backing_file_mmap has no pre-content hook), so a mapping of a
+partial file would show its holes as zeros.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ class HandleMode(enum.Enum):
     """How reads of one open handle are served."""
 
     DAEMON = "daemon"  # FOPEN_DIRECT_IO: every read reaches the daemon
-    PAGE_CACHE = "page-cache"  # FOPEN_KEEP_CACHE: the daemon fills the page cache
+    PAGE_CACHE = "page-cache"  # FOPEN_KEEP_CACHE: the daemon fills the page cache, misses only
     PASSTHROUGH = "passthrough"  # FOPEN_PASSTHROUGH: the kernel reads the cache file
 
     @property
@@ -67,9 +79,11 @@ PASSTHROUGH_OPS = KernelOps.READ | KernelOps.MMAP
 
 def choose_mode(complete: bool, passthrough: bool, open_handles: Counter[HandleMode]) -> HandleMode:
     """The mode for a new open; see the module docstring for why."""
-    if not complete:
-        return HandleMode.DAEMON
-    if not passthrough:
+    if not complete or not passthrough:
         return HandleMode.PAGE_CACHE
-    others = sum(n for mode, n in open_handles.items() if mode is not HandleMode.PASSTHROUGH)
-    return HandleMode.PASSTHROUGH if others == 0 else HandleMode.DAEMON
+    if open_handles[HandleMode.DAEMON]:
+        # Left to the daemon only because registering the backing file
+        # failed: passthrough handles may still be open.
+        return HandleMode.DAEMON
+    others = open_handles[HandleMode.PAGE_CACHE]
+    return HandleMode.PASSTHROUGH if others == 0 else HandleMode.PAGE_CACHE

@@ -15,6 +15,7 @@ class Stats:
     fuse_reads: int = 0  # READ requests the daemon served
     bytes_served: int = 0  # bytes those requests returned
     backing_ids_open: int = 0
+    bytes_pushed: int = 0  # put into the kernel's page cache around random misses
     passthrough: bool = False
     passthrough_reason: str = ""
 

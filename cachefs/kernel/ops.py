@@ -76,6 +76,8 @@ class Connection:
     backing: BackingFiles | None = None  # set when passthrough was granted
     # Drop the kernel's cached dentry (parent node id, name).
     notify_inval_entry: Callable[[int, bytes], Awaitable[None]] | None = None
+    # Fill the kernel's page cache of an inode (node id, offset, bytes).
+    notify_store: Callable[[int, int, bytes | memoryview], Awaitable[None]] | None = None
 
 
 class Operations(Protocol):

@@ -220,11 +220,21 @@ class Session:
         header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(body), wire.NotifyCode.INVAL_ENTRY, 0)
         await trio.to_thread.run_sync(self._write_notification, [header, body])
 
-    def _write_notification(self, parts: list[bytes]) -> None:
+    async def notify_store(self, ino: int, offset: int, data: bytes | memoryview) -> None:
+        """Put `data` into the kernel's page cache of inode `ino` at `offset`.
+
+        From a worker thread: the kernel locks each page it fills, and a
+        READ of one of them holds that lock until we answer it.
+        """
+        body = wire.NOTIFY_STORE_OUT.pack(ino, offset, len(data), 0)
+        header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(body) + len(data), wire.NotifyCode.STORE, 0)
+        await trio.to_thread.run_sync(self._write_notification, [header, body, data])
+
+    def _write_notification(self, parts: list[bytes | memoryview]) -> None:
         try:
             os.writev(self.fd, parts)
         except OSError as e:
-            # ENOENT: the kernel had no such entry cached; nothing to undo.
+            # ENOENT: the kernel had no such entry (or inode) cached; nothing to undo.
             if e.errno not in (errno.ENOENT, errno.ENODEV):
                 log.warning("kernel notification failed: %s", os.strerror(e.errno))
 
@@ -284,6 +294,7 @@ class Session:
             max_pages=MAX_PAGES, passthrough=passthrough,
             backing=BackingFiles(self.fd) if passthrough else None,
             notify_inval_entry=self.notify_inval_entry,
+            notify_store=self.notify_store,
         )
         log.debug("INIT: kernel %d.%d, granted flags %#x", major, minor, granted)
         try:

@@ -120,6 +120,7 @@ class OpenFlag(enum.IntFlag):
 class NotifyCode(enum.IntEnum):
     INVAL_INODE = 2
     INVAL_ENTRY = 3
+    STORE = 4
 
 
 class DirentType(enum.IntEnum):
@@ -188,6 +189,7 @@ DIRENT = struct.Struct("<QQII")  # ino off namelen type
 INIT_OUT = struct.Struct("<IIIIHHIIHHIIH22x")
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino off len
 NOTIFY_INVAL_ENTRY_OUT = struct.Struct("<QII")  # parent namelen flags
+NOTIFY_STORE_OUT = struct.Struct("<QQII")  # nodeid offset size padding; the data follows
 BACKING_MAP = struct.Struct("<iIQ")  # fd flags padding
 BACKING_ID = struct.Struct("<I")
 
