@@ -132,3 +132,37 @@ def test_no_pushes_without_a_page_cache_miss(mount: Mounter, cold_store: NginxSt
         os.close(fd)
     after = stats(mp)
     assert (after["fuse_reads"], after["bytes_pushed"]) == (before["fuse_reads"], before["bytes_pushed"])
+
+
+def test_evict_drops_the_kernels_page_cache_too(mount: Mounter, cold_store: NginxStore, cold_tree: Path) -> None:
+    """After `cachefs evict`, a file read again comes from the remote, not from
+    pages the kernel kept of an earlier page-cache handle."""
+    from conftest import run, CACHEFS
+
+    mp = mount(cold_store.url)
+    path = mp / BIG
+    source = (cold_tree / BIG).read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # Random reads while partial: a page-cache handle, pages pushed.
+        rng = random.Random(3)
+        for _ in range(200):
+            off = rng.randrange(BIG_SIZE - 4096)
+            assert os.pread(fd, 4096, off) == source[off:off + 4096]
+    finally:
+        os.close(fd)
+    assert wait_until(lambda: stats(mp)["bytes_pushed"] > 0, SETTLE_S)
+    wait_until(lambda: not state(path).startswith("passthrough"), SETTLE_S)
+    done = run([CACHEFS, "evict", path], timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert state(path) == "absent"
+    reads = stats(mp)["fuse_reads"]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        off = 5 * MiB + 12_345
+        assert os.pread(fd, 4096, off) == source[off:off + 4096]
+    finally:
+        os.close(fd)
+    assert stats(mp)["fuse_reads"] > reads, "read from pages the kernel kept after the evict"
+    # The read's chunk was fetched again.
+    assert wait_until(lambda: state(path) != "absent", SETTLE_S), state(path)

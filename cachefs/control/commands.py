@@ -82,9 +82,6 @@ class Commands:
 
     async def evict(self, request: dict) -> AsyncIterator[dict]:
         """Drop the cached data of paths (directories: everything below)."""
-        evict_keys = getattr(self._fs.cache, "evict_keys", None)
-        if evict_keys is None:
-            raise RequestError("this daemon does not support eviction yet")
-        # evict_keys takes paths: each drops what is at or under it ('' is all).
-        result = await evict_keys(_paths(request))
+        # Each path drops what is at or under it ('' is all).
+        result = await self._fs.evict(_paths(request))
         yield {"files": result.files, "bytes": result.bytes, "skipped": list(result.skipped)}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from cachefs.cache import Cache, CachedObject, CacheState
+from cachefs.cache.evictor import EvictResult
 from cachefs.kernel.ops import Connection, DirEntry, Entry, FuseError, Opened, StatFs
 from cachefs.kernel.passthrough import BackingError, BackingFiles
 from cachefs.kernel.wire import ROOT_ID, Attr, DirentType
@@ -249,6 +250,19 @@ class Filesystem:
         notify = self.connection.notify_inval_entry if self.connection else None
         if parent is not None and notify is not None:
             await notify(parent.ino, name.encode("utf-8", "surrogateescape"))
+
+    async def evict(self, paths: list[str]) -> EvictResult:
+        """Drop what is cached at or under `paths`: the cache's files, and the
+        kernel's page cache of files no handle has open (an open one keeps
+        both, and is named in the result)."""
+        result = await self.cache.evict_keys(paths)
+        inval = self.connection.notify_inval_inode if self.connection else None
+        if inval is not None:
+            for inode in self.inodes.files_under(paths):
+                if not inode.opens:
+                    await inval(inode.ino)
+                    self.pages.forget(inode.ino)
+        return result
 
     def _read_ahead_siblings(self, inode: Inode) -> None:
         directory, _, name = inode.path.rpartition("/")

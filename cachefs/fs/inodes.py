@@ -80,6 +80,11 @@ class InodeTable:
     def get(self, ino: int) -> Inode | None:
         return self._by_ino.get(ino)
 
+    def files_under(self, paths: list[str]) -> list[Inode]:
+        """File inodes at or below any of `paths` ('' is everything)."""
+        return [i for i in self._by_ino.values() if not i.is_dir and any(
+            p == "" or i.path == p or i.path.startswith(p.rstrip("/") + "/") for p in paths)]
+
     def find_dir(self, path: str) -> Inode | None:
         """The directory inode of `path`, if the kernel knows it."""
         return self._by_path.get((path, ""))

@@ -78,6 +78,8 @@ class Connection:
     notify_inval_entry: Callable[[int, bytes], Awaitable[None]] | None = None
     # Fill the kernel's page cache of an inode (node id, offset, bytes).
     notify_store: Callable[[int, int, bytes | memoryview], Awaitable[None]] | None = None
+    # Drop the kernel's page cache of an inode (node id).
+    notify_inval_inode: Callable[[int], Awaitable[None]] | None = None
 
 
 class Operations(Protocol):

@@ -220,6 +220,15 @@ class Session:
         header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(body), wire.NotifyCode.INVAL_ENTRY, 0)
         await trio.to_thread.run_sync(self._write_notification, [header, body])
 
+    async def notify_inval_inode(self, ino: int) -> None:
+        """Make the kernel drop its page cache (and attributes) of inode `ino`.
+
+        From a worker thread, like the other notifications that lock pages.
+        """
+        body = wire.NOTIFY_INVAL_INODE_OUT.pack(ino, 0, -1)
+        header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(body), wire.NotifyCode.INVAL_INODE, 0)
+        await trio.to_thread.run_sync(self._write_notification, [header, body])
+
     async def notify_store(self, ino: int, offset: int, data: bytes | memoryview) -> None:
         """Put `data` into the kernel's page cache of inode `ino` at `offset`.
 
@@ -295,6 +304,7 @@ class Session:
             backing=BackingFiles(self.fd) if passthrough else None,
             notify_inval_entry=self.notify_inval_entry,
             notify_store=self.notify_store,
+            notify_inval_inode=self.notify_inval_inode,
         )
         log.debug("INIT: kernel %d.%d, granted flags %#x", major, minor, granted)
         try:
