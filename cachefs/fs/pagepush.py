@@ -6,15 +6,17 @@ integrity check of a 149 MB database opened cold made 36,000 reads of 4 KiB,
 each a round trip through the daemon, and took 4x as long as warm. So after
 answering a miss at a random offset, the daemon puts the aligned window
 around it into the kernel's page cache (FUSE_NOTIFY_STORE) once its bytes
-are cached, and the reader's next reads there are page-cache hits. Each
-window is pushed once per inode: a later miss in it means the kernel
-evicted pages under memory pressure, and pushing them back would only fight
-it. Sequential readers are left to the kernel's own read-ahead.
+are cached, and the reader's next reads there are page-cache hits. A later
+miss in a window already pushed means the kernel evicted it (drop_caches,
+or memory pressure): it is pushed again, but not within REPUSH_AFTER_S of
+the last push, so a kernel short of memory is not fought page for page.
+Sequential readers are left to the kernel's own read-ahead.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 WINDOW = 1024 * 1024  # one maximal FUSE read (256 pages)
 # Pushes under way at once: each holds a window in memory and a worker thread.
 CONCURRENT = 2
+REPUSH_AFTER_S = 1.0
 
 Store = Callable[[int, int, bytes | memoryview], Awaitable[None]]
 
@@ -41,7 +44,7 @@ class PagePusher:
         self._cache = cache
         self._stats = stats
         self._store: Store | None = None
-        self._pushed: dict[int, set[int]] = {}
+        self._pushed: dict[int, dict[int, float]] = {}  # ino -> window -> when
         self._limit = trio.Semaphore(CONCURRENT)
         self._nursery: trio.Nursery | None = None
 
@@ -60,10 +63,11 @@ class PagePusher:
         if self._store is None or self._nursery is None:
             return
         window = offset // WINDOW
-        pushed = self._pushed.setdefault(ino, set())
-        if window in pushed:
+        pushed = self._pushed.setdefault(ino, {})
+        now = time.monotonic()
+        if now - pushed.get(window, -REPUSH_AFTER_S) < REPUSH_AFTER_S:
             return
-        pushed.add(window)
+        pushed[window] = now
         # The push holds its own use: the data file's fd stays ours even if
         # the handle is closed before the push is done.
         self._nursery.start_soon(self._push, ino, self._cache.retain(obj), window)
