@@ -21,6 +21,7 @@ COLORS = {
     "warm_daemon": "#ee7733",
     "warm_passthrough": "#228833",
     "hot": "#aa3377",
+    "opened_cold": "#66ccee",
     "native": "#777777",
 }
 

@@ -25,9 +25,12 @@ WARM_DAEMON = Mode("warm_daemon", "warm, daemon",
 WARM_PASSTHROUGH = Mode("warm_passthrough", "warm, passthrough",
                         "cache complete, passthrough: the kernel reads the cache file; page cache dropped")
 HOT = Mode("hot", "page cache hot", "read again through the mount with the page cache kept")
+OPENED_COLD = Mode("opened_cold", "opened cold",
+                   "one handle opened while the large file was absent, read at random while partial, "
+                   "then again once complete (compare: page cache hot)")
 NATIVE = Mode("native", "native", "the cache files read directly, not through the mount; page cache dropped")
 
-MODES: tuple[Mode, ...] = (COLD, WARM_DAEMON, WARM_PASSTHROUGH, HOT, NATIVE)
+MODES: tuple[Mode, ...] = (COLD, WARM_DAEMON, WARM_PASSTHROUGH, HOT, OPENED_COLD, NATIVE)
 MODE_BY_KEY = {m.key: m for m in MODES}
 
 

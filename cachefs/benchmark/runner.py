@@ -36,12 +36,13 @@ from pathlib import Path
 from cachefs.control.client import ControlError, locate
 
 from .data import FileSet, files_in_mount, generate, make_store
-from .model import (COLD, HOT, NATIVE, RAND, RSS, SEQ, SMALL, TTFB, WARM_DAEMON,
+from .model import (COLD, HOT, NATIVE, OPENED_COLD, RAND, RSS, SEQ, SMALL, TTFB, WARM_DAEMON,
                     WARM_PASSTHROUGH, Mode, Results)
 from .system import (READ_BLOCK, BenchError, KiB, MiB, Mounts, Progress, cache_files,
                      can_drop_page_cache, daemon_of, drop_page_cache, evict, first_byte_ms,
                      is_mounted, passthrough_state, peak_rss_mib, random_offsets,
-                     random_reads_per_s, read_files, read_whole, sequential_mbps, sha256_of,
+                     random_reads_on, random_reads_per_s, read_files, read_whole, sequential_mbps,
+                     sha256_of,
                      wait_complete)
 
 # In the hot mode a single pass of random reads takes milliseconds: repeat it
@@ -124,7 +125,17 @@ class Bench:
         self.results.add(COLD, TTFB, first_byte_ms(big))
         self.step(COLD, "random reads")
         evict([big])
-        self.results.add(COLD, RAND, random_reads_per_s(big, self.offsets(files)))
+        # One handle, kept: its reads once the file is complete are the
+        # "opened cold" figure (does a handle opened cold stay slow?).
+        fd = os.open(big, os.O_RDONLY)
+        try:
+            self.results.add(COLD, RAND, random_reads_on(fd, self.offsets(files)))
+            self.step(OPENED_COLD, "the same handle, once the file is complete")
+            read_whole(big, self.buf)
+            wait_complete([big])
+            self.results.add(OPENED_COLD, RAND, random_reads_on(fd, self.offsets(files), HOT_MIN_SECONDS))
+        finally:
+            os.close(fd)
         if files.small:
             self.step(COLD, f"{len(files.small)} small files")
             paths = [mountpoint / k for k in files.small]
@@ -216,10 +227,16 @@ def run_default(options: BenchOptions, progress: Progress) -> Results:
             mounts.unmount(mountpoint)
             shutil.rmtree(cache, ignore_errors=True)
     results.skip(NATIVE, RSS, "no daemon")
+    _skip_opened_cold(results)
     results.facts["big_size"] = files.big_size
     results.facts["small_count"] = len(files.small)
     results.facts["small_size"] = options.small_kib * KiB
     return results
+
+
+def _skip_opened_cold(results: Results) -> None:
+    for figure in (SEQ, SMALL, TTFB, RSS):
+        results.skip(OPENED_COLD, figure, "random reads only")
 
 
 def _check_passthrough(results: Results, mountpoint: Path) -> None:
@@ -258,6 +275,9 @@ def run_on_path(options: BenchOptions, progress: Progress) -> Results:
     results.skip(COLD, RSS, "the daemon's peak is over its lifetime: shown under the mount's warm mode")
     results.skip(HOT, RSS, "the daemon's peak is over its lifetime: shown under the mount's warm mode")
     results.skip(NATIVE, RSS, "no daemon")
+    _skip_opened_cold(results)
+    if not options.allow_evict:
+        results.skip(OPENED_COLD, RAND, "needs --evict")
     if on is False:
         results.note(f"the mount at {mountpoint} has passthrough off ({reason})")
     if not options.allow_evict:

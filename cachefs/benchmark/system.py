@@ -104,17 +104,22 @@ def random_reads_per_s(path: Path, offsets: list[int], min_seconds: float = 0.0)
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        pread, done = os.pread, 0
-        start = time.perf_counter()
-        while True:
-            for off in offsets:
-                pread(fd, RAND_BLOCK, off)
-            done += len(offsets)
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                return done / elapsed
+        return random_reads_on(fd, offsets, min_seconds)
     finally:
         os.close(fd)
+
+
+def random_reads_on(fd: int, offsets: list[int], min_seconds: float = 0.0) -> float:
+    """`random_reads_per_s` through a handle the caller opened."""
+    pread, done = os.pread, 0
+    start = time.perf_counter()
+    while True:
+        for off in offsets:
+            pread(fd, RAND_BLOCK, off)
+        done += len(offsets)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done / elapsed
 
 
 def read_files(paths: list[Path], expected: dict[Path, str] | None = None) -> float:
