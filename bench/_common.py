@@ -27,6 +27,7 @@ from types import FrameType
 from typing import ParamSpec, TypeVar
 
 from cachefs.benchmark.system import BenchError, Mounts, cachefs, is_mounted
+from cachefs.kernel.mounting import mounts_under
 from cachefs.localstore.tree import write_seeded_file
 
 # Re-exported: the scripts here and `cachefs bench` share one way to run the
@@ -100,17 +101,6 @@ def require_tools(*names: str) -> None:
 # -- mounts -------------------------------------------------------------------------
 
 
-def _unescape_mount_field(text: str) -> str:
-    # /proc/self/mounts writes space, tab, newline and backslash as \ooo.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def mounted_paths() -> list[str]:
-    """Every mountpoint of this mount namespace."""
-    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-        return [_unescape_mount_field(line.split()[1]) for line in f if line.strip()]
-
-
 def lazy_unmount(path: Path) -> None:
     """Last resort: detach the mount now; its daemon exits once it is idle."""
     subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
@@ -135,18 +125,15 @@ class Workspace:
 
     def remove_dir(self, path: Path) -> None:
         """Delete `path` (inside the workspace) unless something is mounted in it."""
-        inside = str(path) + os.sep
-        if any(m.startswith(inside) for m in mounted_paths()):
+        if mounts_under(path):
             print(f"bench: still mounted under {path}; left it in place", file=sys.stderr)
             return
         shutil.rmtree(path, ignore_errors=True)
 
     def remove(self) -> None:
         """Lazily unmount anything left inside, then delete everything."""
-        inside = str(self.path) + os.sep
-        for mountpoint in mounted_paths():
-            if mountpoint.startswith(inside):
-                lazy_unmount(Path(mountpoint))
+        for mountpoint in reversed(mounts_under(self.path)):
+            lazy_unmount(Path(mountpoint))
         self.remove_dir(self.path)
 
 

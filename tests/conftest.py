@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from cachefs.daemon import runtime_dir
+from cachefs.kernel.mounting import MountInfo, find_mount
 from cachefs.localstore import NginxStore, TreeSpec, make_tree, test_spec
 
 CACHEFS = Path(sys.executable).parent / "cachefs"
@@ -69,47 +70,14 @@ def sha256_of(path: Path, piece: int = READ_PIECE) -> str:
     return digest.hexdigest()
 
 
-def _unescape_mountinfo(field: bytes) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    out = bytearray()
-    i = 0
-    while i < len(field):
-        if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():
-            out.append(int(field[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
-@dataclass(frozen=True)
-class MountInfo:
-    mountpoint: str
-    fstype: str
-    # The device's minor number is the FUSE connection id under fusectl.
-    minor: int
-
-
 def mount_info(path: Path) -> MountInfo | None:
-    """The mount at exactly `path`, from /proc/self/mountinfo.
-
-    os.path.ismount cannot be used: on a mount whose daemon died, stat fails
-    with ENOTCONN and ismount answers False although it is still mounted.
-    """
-    target = os.path.abspath(path)
-    found = None
-    for line in Path("/proc/self/mountinfo").read_bytes().splitlines():
-        fields = line.split()
-        sep = fields.index(b"-")
-        if _unescape_mountinfo(fields[4]) == target:
-            minor = int(fields[2].split(b":")[1])
-            found = MountInfo(target, os.fsdecode(fields[sep + 1]), minor)
-    return found  # the last one is the visible one when mounts stack
+    """The mount at exactly `path` (mountinfo's minor number of a FUSE mount is
+    its connection id under fusectl)."""
+    return find_mount(path)
 
 
 def is_mounted(path: Path) -> bool:
-    return mount_info(path) is not None
+    return find_mount(path) is not None
 
 
 def pid_alive(pid: int) -> bool:
@@ -425,7 +393,7 @@ class Mounter:
         info = mount_info(mountpoint)
         if info is None:
             return
-        abort = FUSECTL_DIR / str(info.minor) / "abort"
+        abort = FUSECTL_DIR / str(info.device[1]) / "abort"
         # Without fusectl mounted this fails; killing the daemon does the same.
         with contextlib.suppress(OSError):
             abort.write_text("1")

@@ -142,9 +142,10 @@ def test_default_cache_dir_of_a_new_user(
 # as one JSON line; whatever happens, it leaves nothing mounted.
 _MOUNT_PROBE = r"""
 import json, os, subprocess, sys
+from cachefs.kernel.mounting import is_mounted
 cachefs, url, mountpoint, cache_dir, rel = sys.argv[1:]
 def mounted():
-    return any(line.split()[4] == mountpoint for line in open("/proc/self/mountinfo"))
+    return is_mounted(mountpoint)
 def run(*args):
     return subprocess.run([cachefs, *args], capture_output=True, text=True, timeout=60)
 report = {}

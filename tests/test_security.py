@@ -52,15 +52,9 @@ def loose_modes(root: Path) -> list[str]:
 
 
 def super_options(mp: Path) -> list[str]:
-    target = os.fsencode(os.path.abspath(mp))
-    found = None
-    for line in Path("/proc/self/mountinfo").read_bytes().splitlines():
-        fields = line.split()
-        if fields[4] == target:
-            sep = fields.index(b"-")
-            found = os.fsdecode(fields[sep + 3]).split(",") + os.fsdecode(fields[5]).split(",")
+    found = mount_info(mp)
     assert found is not None, f"{mp} not in mountinfo"
-    return found
+    return list(found.options)
 
 
 def test_cache_files_are_private(tree: Tree, store: NginxStore, mount: Mounter, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachefs.control.client import ControlError, locate
+from cachefs.kernel.mounting import mounts_under
 
 from .data import FileSet, files_in_mount, generate, make_store
 from .model import (COLD, HOT, NATIVE, OPENED_COLD, RAND, RSS, SEQ, SMALL, TTFB, WARM_DAEMON,
@@ -324,10 +325,8 @@ class Cleanup(contextlib.ExitStack):
 def _remove_workdir(work: Path) -> None:
     """Delete the temp dir, never through a mount left inside it: a leftover
     mount is detached lazily first, and if it still shows, the dir is kept."""
-    inside = str(work) + os.sep
-    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-        left = [line.split()[1] for line in f if line.split()[1].startswith(inside)]
-    for mountpoint in left:
+    left = mounts_under(work)
+    for mountpoint in reversed(left):
         subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
     if any(is_mounted(Path(m)) for m in left):
         print(f"cachefs bench: still mounted under {work}; left it in place", file=sys.stderr)

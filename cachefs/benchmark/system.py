@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from cachefs.kernel import mounting
+
 KiB = 1024
 MiB = 1024 * KiB
 MB = 1_000_000  # throughput in decimal MB/s, as dd and curl report it
@@ -203,10 +205,7 @@ def cachefs(*args: str, timeout: float = MOUNT_TIMEOUT_S) -> subprocess.Complete
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-        # Mount points are octal-escaped there; ours (temp dirs) have no spaces.
-        return any(line.split()[1] == target for line in f if line.strip())
+    return mounting.is_mounted(os.path.realpath(path))
 
 
 @dataclass

@@ -123,32 +123,63 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> None:
 
 @dataclass(frozen=True)
 class MountInfo:
+    """One line of /proc/self/mountinfo."""
+
     source: str
     mountpoint: str
     fstype: str
+    device: tuple[int, int] = (0, 0)  # the superblock's (major, minor); a FUSE minor is its connection id
+    options: tuple[str, ...] = ()  # the mount's options, then the superblock's
 
 
-def _unescape(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-    out, i = [], 0
+def _unescape(field: bytes) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo (octal)."""
+    out, i = bytearray(), 0
     while i < len(field):
-        if field[i] == "\\" and len(field[i + 1 : i + 4]) == 3 and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
+        if field[i : i + 1] == b"\\" and len(field[i + 1 : i + 4]) == 3 and field[i + 1 : i + 4].isdigit():
+            out.append(int(field[i + 1 : i + 4], 8) & 0xFF)
             i += 4
         else:
             out.append(field[i])
             i += 1
-    return "".join(out)
+    return os.fsdecode(bytes(out))
 
 
-def find_mount(mountpoint: str) -> MountInfo | None:
-    """The mount whose mountpoint is exactly `mountpoint`, if any (last wins)."""
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+def mounts() -> list[MountInfo]:
+    """Every mount of this mount namespace, in the kernel's order (a later
+    mount on the same point hides an earlier one)."""
+    found = []
+    with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            left, _, right = line.partition(" - ")
-            point = _unescape(left.split()[4])
-            fstype, source = right.split()[:2]
-            if point == mountpoint:
-                found = MountInfo(_unescape(source), point, fstype)
+            left, _, right = line.partition(b" - ")
+            fields, rest = left.split(), right.split()
+            major, minor = fields[2].split(b":")
+            options = os.fsdecode(fields[5]).split(",") + os.fsdecode(rest[2]).split(",")
+            found.append(MountInfo(_unescape(rest[1]), _unescape(fields[4]), os.fsdecode(rest[0]),
+                                   (int(major), int(minor)), tuple(options)))
     return found
+
+
+def find_mount(mountpoint: str | os.PathLike[str]) -> MountInfo | None:
+    """The visible mount at exactly `mountpoint` (an absolute path), if any.
+
+    Read from the mount table, never by stat(): on a mount whose daemon died,
+    stat fails with ENOTCONN, and a daemon stat-ing its own mount waits for
+    itself.
+    """
+    target = os.path.abspath(mountpoint)
+    found = None
+    for info in mounts():
+        if info.mountpoint == target:
+            found = info
+    return found
+
+
+def is_mounted(path: str | os.PathLike[str]) -> bool:
+    return find_mount(path) is not None
+
+
+def mounts_under(path: str | os.PathLike[str]) -> list[str]:
+    """Mountpoints strictly inside the folder `path`, deepest last."""
+    inside = os.path.abspath(path).rstrip(os.sep) + os.sep
+    return [m.mountpoint for m in mounts() if m.mountpoint.startswith(inside)]
