@@ -30,10 +30,20 @@ from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import Prefetcher
 from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
 from cachefs.kernel.mounting import FSTYPE
-from cachefs.remote import NotFound, RemoteError, S3Options, open_remote
+from cachefs.remote import NotFound, RemoteError, RequestLimits, S3Options, open_remote
 from cachefs.remote.health import WatchedRemote
+from cachefs.remote.httpcommon import (
+    DEFAULT_MAX_LISTING_BYTES,
+    DEFAULT_MIN_RATE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+)
 
 log = logging.getLogger(__name__)
+
+# The daemon gives up on a mount that is not ready after this long, a little
+# before `cachefs mount` stops waiting (cli.READY_TIMEOUT): the command then
+# reports why, and no daemon is left behind whose mount was reported failed.
+STARTUP_TIMEOUT_S = 110.0
 
 # ready(error, warning): error None means mounted; a warning still mounts.
 Ready = Callable[[str | None, str | None], None]
@@ -50,6 +60,9 @@ class MountConfig:
     proxy: str | None = None
     allow_other: bool = False
     passthrough: bool = True
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    min_rate: int = DEFAULT_MIN_RATE
+    max_listing_size: int = DEFAULT_MAX_LISTING_BYTES
     # Endpoint, region, profile... for s3:// sources; must stay default otherwise.
     s3: S3Options = S3Options()
 
@@ -138,7 +151,8 @@ async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
 async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
     """Mount and serve until unmounted. Raises StartupError before ready."""
     try:
-        remote = WatchedRemote(open_remote(config.source, proxy=config.proxy, s3=config.s3))
+        limits = RequestLimits(config.request_timeout, config.min_rate, config.max_listing_size)
+        remote = WatchedRemote(open_remote(config.source, proxy=config.proxy, s3=config.s3, limits=limits))
     except ValueError as e:
         raise StartupError(str(e)) from None
     try:
@@ -161,7 +175,10 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
 async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
     fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
     assert isinstance(cache.remote, WatchedRemote)
-    warning = await _check_remote(fs, cache.remote)
+    with trio.move_on_after(STARTUP_TIMEOUT_S) as startup:
+        warning = await _check_remote(fs, cache.remote)
+    if startup.cancelled_caught:
+        raise StartupError(f"{cache.remote.source} did not answer within {STARTUP_TIMEOUT_S:.0f} s")
     try:
         # The remote's own source string: credentials given in the URL stay out.
         fd = mount(config.mountpoint, MountOptions(source=cache.remote.source, allow_other=config.allow_other))

@@ -126,6 +126,11 @@ class ChunkFetcher:
         except OSError as e:
             log.error("writing %s to the cache failed: %s", obj.key, e)
             error = e
+        except Exception as e:
+            # A bug, or something the remote let through: this fetch fails
+            # (its readers get EIO), the daemon and other fetches go on.
+            log.exception("fetching %s bytes of chunk %d failed", obj.key, idx)
+            error = RemoteError(f"{obj.key}: internal error: {type(e).__name__}: {e}")
         finally:
             del obj.inflight[idx]
             fetch.finish(error)
