@@ -14,6 +14,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -41,8 +43,11 @@ LIMITS = RequestLimits(timeout_s=TIMEOUT_S, min_rate=MIN_RATE, max_listing_bytes
 SLACK = 3
 SLOW_BOUND_S = SLACK * (TIMEOUT_S + len(SLOW_BODY) / MIN_RATE)
 FAST_MISTAKE_BOUND_S = 10.0  # a redirect loop or junk fails at once; generous
+# Past this, a remote call counts as hung (and the test fails, not waits).
+HANG_S = SLOW_BOUND_S + 10
 LIMIT_ARGS = ("--request-timeout", str(TIMEOUT_S), "--min-rate", str(MIN_RATE))
 LOCK_WAIT_S = 15.0
+READY_TIMEOUT_S = 3.0  # how long `cachefs mount` waits, in the test that patches it
 HOSTILE_BEHAVIOURS = [Behaviour.TRICKLE_BODY, Behaviour.TRICKLE_HEADERS, Behaviour.ENDLESS_CONTINUE]
 
 
@@ -86,7 +91,8 @@ async def read_all(remote: HttpIndexRemote, path: str, size: int) -> bytes:
 def run_remote(server: HostileServer, job, limits: RequestLimits = LIMITS):
     async def main():
         async with HttpIndexRemote(server.url("/data/"), limits=limits) as remote:
-            return await job(remote)
+            with trio.fail_after(HANG_S):
+                return await job(remote)
 
     return trio.run(main)
 
@@ -300,3 +306,31 @@ def test_bad_limit_options(mount: Mounter, option: str, value: str) -> None:
     assert option in result.stderr and "Traceback" not in result.stderr
     assert "unrecognized" not in result.stderr
     assert not is_mounted(mountpoint)
+
+
+def test_daemon_that_misses_the_ready_timeout_is_stopped(mount: Mounter, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`cachefs mount` gives up waiting: the daemon it reports failed must not
+    stay (and mount later, or grow), whatever it is stuck on."""
+    from cachefs import cli
+
+    monkeypatch.setattr(cli, "READY_TIMEOUT", READY_TIMEOUT_S)
+    scripts = {"/data/": Script(Behaviour.TRICKLE_HEADERS, b"[]", interval_s=TRICKLE_S)}
+    with HostileServer(scripts) as server:
+        mountpoint = mount.new_dir("mnt")
+        cache_dir = mount.base / "cache"
+        # Requests may take an hour: only the mount command's patience ends this.
+        status = cli.main(["mount", server.url("/data/"), str(mountpoint), "--cache-dir", str(cache_dir),
+                           "--request-timeout", "3600"])
+        err = capsys.readouterr().err
+        pid = int(err.split("(pid ", 1)[1].split(")", 1)[0]) if "(pid " in err else None
+        try:
+            assert status == 1 and "did not answer" in err, err
+            assert_daemon_gone(cache_dir)
+            assert pid is not None and not pid_alive(pid)
+            assert not is_mounted(mountpoint)
+        finally:
+            if pid is not None and pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)  # our own daemon, left behind by code under test
+            if is_mounted(mountpoint):
+                subprocess.run(["umount", "-l", str(mountpoint)], check=False)
