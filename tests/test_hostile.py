@@ -334,3 +334,26 @@ def test_daemon_that_misses_the_ready_timeout_is_stopped(mount: Mounter, monkeyp
                 os.kill(pid, signal.SIGKILL)  # our own daemon, left behind by code under test
             if is_mounted(mountpoint):
                 subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_endless_s3_listing_hits_the_size_cap() -> None:
+    """An S3 listing is capped over all its pages: each page alone is fine."""
+    from cachefs.remote import S3Options, S3Remote
+    from cachefs.remote.s3_address import parse_s3_source
+
+    rows = "".join(f"<Contents><Key>k{i:06d}</Key><Size>1</Size></Contents>" for i in range(12_000))
+    page = ("<ListBucketResult><IsTruncated>true</IsTruncated>"
+            f"<NextContinuationToken>more</NextContinuationToken>{rows}</ListBucketResult>").encode()
+    limits = RequestLimits(max_listing_bytes=2 * len(page) - 1)
+    with HostileServer({"/bkt/": static(page, "application/xml")}) as server:
+        options = S3Options(endpoint_url=server.url("").rstrip("/"), region="us-east-1",
+                            no_sign_request=True, force_path_style=True)
+
+        async def main() -> None:
+            async with S3Remote(parse_s3_source("s3://bkt"), options, limits=limits) as remote:
+                with trio.fail_after(HANG_S):
+                    await remote.list_dir("")
+
+        error, _ = timed_failure(lambda: trio.run(main))
+        assert server.count("/bkt/") == 2, "the cap must count all pages, and stop at the second"
+    assert isinstance(error, BadResponse) and "--max-listing-size" in str(error), error
