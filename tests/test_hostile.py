@@ -177,7 +177,8 @@ def assert_eio(path: Path) -> None:
 
 
 def test_redirect_loop_fails_one_file_and_the_daemon_lives(hostile: HostileServer, mount: Mounter) -> None:
-    mp = mount(hostile.url("/data/"), None, *LIMIT_ARGS)
+    cache_dir = mount.base / "cache"
+    mp = mount(hostile.url("/data/"), cache_dir, *LIMIT_ARGS)
     pid = mount.daemon_pid(mp)
     # Two opens in listing order start read-ahead of the next small files,
     # the looping one among them, before anybody opens it.
@@ -186,8 +187,10 @@ def test_redirect_loop_fails_one_file_and_the_daemon_lives(hostile: HostileServe
     assert wait_until(lambda: hostile.count("/data/c-loop") > 0, FAST_MISTAKE_BOUND_S)
     time.sleep(1.0)  # let the background fetch of the loop fail
     assert pid_alive(pid) and is_mounted(mp), "read-ahead of a redirect loop killed the daemon"
+    assert wait_until(lambda: "read-ahead of c-loop failed" in log_text(cache_dir), FAST_MISTAKE_BOUND_S)
     assert_eio(mp / "c-loop")
     assert pid_alive(pid), "reading a redirect loop killed the daemon"
+    assert "opening 'c-loop'" in log_text(cache_dir) and "redirect loop" in log_text(cache_dir)
     assert read_file(mp / "d-good") == GOOD
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from cachefs.remote import Remote, RemoteError
-from cachefs.remote.base import BadResponse
+from cachefs.remote.base import BadResponse, Unreachable
 
 from .evictor import Evictor
 from .journal import Journal
@@ -122,6 +122,10 @@ class ChunkFetcher:
                 obj.streamed.add(idx)
             self._journal.add(obj, idx, uncache=streamed)
         except RemoteError as e:
+            if fetch.ahead and not isinstance(e, Unreachable):
+                # Nobody waits for it, so nobody else reports it; offline
+                # is reported once, by the remote's health watch.
+                log.warning("read-ahead of %s failed: %s", obj.key, e)
             error = e
         except OSError as e:
             log.error("writing %s to the cache failed: %s", obj.key, e)
