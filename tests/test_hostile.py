@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from _reliability import log_text
@@ -28,7 +29,18 @@ from conftest import Mounter, is_mounted, pid_alive, wait_until
 from hostile_server import Behaviour, HostileServer, Script, json_index, static
 from test_cli_errors import assert_one_line_error
 
-from cachefs.remote import BadResponse, HttpIndexRemote, RemoteError, RequestLimits, Unreachable
+from cachefs import cli
+from cachefs.remote import (
+    BadResponse,
+    HttpIndexRemote,
+    RemoteError,
+    RequestLimits,
+    S3Options,
+    S3Remote,
+    Unreachable,
+)
+from cachefs.remote.http11 import DEADLINE_EXTENSION, Deadline, Http11Transport
+from cachefs.remote.s3_address import parse_s3_source
 
 GOOD = b"good bytes\n" * 100
 SLOW_BODY = bytes(range(256)) * 12  # 3 KB, as in the issue
@@ -315,8 +327,6 @@ def test_daemon_that_misses_the_ready_timeout_is_stopped(mount: Mounter, monkeyp
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """`cachefs mount` gives up waiting: the daemon it reports failed must not
     stay (and mount later, or grow), whatever it is stuck on."""
-    from cachefs import cli
-
     monkeypatch.setattr(cli, "READY_TIMEOUT", READY_TIMEOUT_S)
     scripts = {"/data/": Script(Behaviour.TRICKLE_HEADERS, b"[]", interval_s=TRICKLE_S)}
     with HostileServer(scripts) as server:
@@ -341,9 +351,6 @@ def test_daemon_that_misses_the_ready_timeout_is_stopped(mount: Mounter, monkeyp
 
 def test_endless_s3_listing_hits_the_size_cap() -> None:
     """An S3 listing is capped over all its pages: each page alone is fine."""
-    from cachefs.remote import S3Options, S3Remote
-    from cachefs.remote.s3_address import parse_s3_source
-
     rows = "".join(f"<Contents><Key>k{i:06d}</Key><Size>1</Size></Contents>" for i in range(12_000))
     page = ("<ListBucketResult><IsTruncated>true</IsTruncated>"
             f"<NextContinuationToken>more</NextContinuationToken>{rows}</ListBucketResult>").encode()
@@ -360,3 +367,44 @@ def test_endless_s3_listing_hits_the_size_cap() -> None:
         error, _ = timed_failure(lambda: trio.run(main))
         assert server.count("/bkt/") == 2, "the cap must count all pages, and stop at the second"
     assert isinstance(error, BadResponse) and "--max-listing-size" in str(error), error
+
+
+# -- the lean transport itself ----------------------------------------------------------
+
+
+def transport_get(server: HostileServer, path: str, deadline_s: float | None) -> bytes:
+    """GET `path` through Http11Transport alone, with a Deadline if given."""
+    async def main() -> bytes:
+        transport = Http11Transport(httpx.AsyncHTTPTransport(), max_connections=2)
+        try:
+            extensions = {"timeout": {"connect": 5.0, "read": 30.0, "write": 5.0, "pool": None}}
+            if deadline_s is not None:
+                extensions[DEADLINE_EXTENSION] = Deadline(trio.current_time() + deadline_s)
+            request = httpx.Request("GET", server.url(path), extensions=extensions)
+            with trio.fail_after(HANG_S):
+                response = await transport.handle_async_request(request)
+                try:
+                    return b"".join([piece async for piece in response.stream])
+                finally:
+                    await response.aclose()
+        finally:
+            await transport.aclose()
+
+    return trio.run(main)
+
+
+@pytest.mark.parametrize("behaviour", HOSTILE_BEHAVIOURS, ids=lambda b: b.value)
+def test_lean_transport_keeps_the_deadline(hostile: HostileServer, behaviour: Behaviour) -> None:
+    """Each socket read is far within the read timeout; only the deadline ends these."""
+    start = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout, match="deadline"):
+        transport_get(hostile, f"/data/slow-{behaviour.value}", TIMEOUT_S)
+    assert time.monotonic() - start < SLACK * TIMEOUT_S
+
+
+def test_lean_transport_takes_few_interim_answers() -> None:
+    """Fast endless 100 Continue lines: refused long before any deadline."""
+    scripts = {"/x": Script(Behaviour.ENDLESS_CONTINUE, interval_s=0.001)}
+    with HostileServer(scripts) as server:
+        with pytest.raises(httpx.RemoteProtocolError, match="interim"):
+            transport_get(server, "/x", None)
