@@ -42,6 +42,9 @@ READY_TIMEOUT = 120.0
 EXIT_TIMEOUT = 60.0
 # How long a daemon that missed READY_TIMEOUT gets to exit on SIGTERM.
 STOP_TIMEOUT = 10.0
+# The daemon's own limit on reaching the source is this much shorter, so
+# that a slow source is reported as such rather than as a silent daemon.
+STARTUP_MARGIN = 10.0
 # Accepted values of the request limits (cachefs mount --help shows them).
 REQUEST_TIMEOUT_RANGE = (1.0, 3600.0)
 MIN_RATE_RANGE = (1, 1 << 30)
@@ -225,6 +228,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         min_rate=args.min_rate,
         max_listing_size=args.max_listing_size,
+        startup_timeout=READY_TIMEOUT - STARTUP_MARGIN if READY_TIMEOUT > STARTUP_MARGIN else None,
         s3=S3Options(
             endpoint_url=args.endpoint_url,
             region=args.region,

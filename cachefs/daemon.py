@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import stat
@@ -40,10 +41,6 @@ from cachefs.remote.httpcommon import (
 
 log = logging.getLogger(__name__)
 
-# The daemon gives up on a mount that is not ready after this long, a little
-# before `cachefs mount` stops waiting (cli.READY_TIMEOUT): the command then
-# reports why, and no daemon is left behind whose mount was reported failed.
-STARTUP_TIMEOUT_S = 110.0
 
 # ready(error, warning): error None means mounted; a warning still mounts.
 Ready = Callable[[str | None, str | None], None]
@@ -63,6 +60,10 @@ class MountConfig:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     min_rate: int = DEFAULT_MIN_RATE
     max_listing_size: int = DEFAULT_MAX_LISTING_BYTES
+    # The daemon gives up on a source that has not answered after this long
+    # (None: never). `cachefs mount` sets it a little below its own wait, so
+    # that it can report why, and no daemon stays whose mount it reported failed.
+    startup_timeout: float | None = None
     # Endpoint, region, profile... for s3:// sources; must stay default otherwise.
     s3: S3Options = S3Options()
 
@@ -175,10 +176,11 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
 async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
     fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
     assert isinstance(cache.remote, WatchedRemote)
-    with trio.move_on_after(STARTUP_TIMEOUT_S) as startup:
+    limit = math.inf if config.startup_timeout is None else config.startup_timeout
+    with trio.move_on_after(limit) as startup:
         warning = await _check_remote(fs, cache.remote)
     if startup.cancelled_caught:
-        raise StartupError(f"{cache.remote.source} did not answer within {STARTUP_TIMEOUT_S:.0f} s")
+        raise StartupError(f"{cache.remote.source} did not answer within {limit:g} s")
     try:
         # The remote's own source string: credentials given in the URL stay out.
         fd = mount(config.mountpoint, MountOptions(source=cache.remote.source, allow_other=config.allow_other))

@@ -349,6 +349,24 @@ def test_daemon_that_misses_the_ready_timeout_is_stopped(mount: Mounter, monkeyp
                 subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
+def test_daemon_gives_up_on_a_source_that_never_answers(mount: Mounter, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before `cachefs mount` stops waiting, the daemon stops trying, says why, and exits."""
+    monkeypatch.setattr(cli, "READY_TIMEOUT", cli.STARTUP_MARGIN + READY_TIMEOUT_S)
+    scripts = {"/data/": Script(Behaviour.TRICKLE_HEADERS, b"[]", interval_s=TRICKLE_S)}
+    with HostileServer(scripts) as server:
+        mountpoint = mount.new_dir("mnt")
+        cache_dir = mount.base / "cache"
+        status = cli.main(["mount", server.url("/data/"), str(mountpoint), "--cache-dir", str(cache_dir),
+                           "--request-timeout", "3600"])
+        err = capsys.readouterr().err
+        assert status == 1, err
+        assert err.count("\n") == 1 and f"did not answer within {READY_TIMEOUT_S:g} s" in err, err
+        assert "pid" not in err  # the daemon's own report, not the command's timeout
+        assert_daemon_gone(cache_dir)
+        assert not is_mounted(mountpoint)
+
+
 def test_endless_s3_listing_hits_the_size_cap() -> None:
     """An S3 listing is capped over all its pages: each page alone is fine."""
     rows = "".join(f"<Contents><Key>k{i:06d}</Key><Size>1</Size></Contents>" for i in range(12_000))
