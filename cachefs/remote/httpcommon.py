@@ -230,7 +230,7 @@ async def send_with_retries(
                 return response
             limit = limits.max_listing_bytes if body_limit is None else body_limit
             try:
-                await _read_capped(response, limit, deadline, scope, limits.too_large(what))
+                await _read_capped(response, limit, deadline, scope, lambda: limits.too_large(what))
             except httpx.TransportError as exc:
                 failure = f"{type(exc).__name__}: {exc}"
                 continue
@@ -255,29 +255,43 @@ async def _close(response: httpx.Response) -> None:
 
 
 async def _read_capped(
-    response: httpx.Response, limit: int, deadline: Deadline, scope: trio.CancelScope, too_large: BadResponse
+    response: httpx.Response,
+    limit: int,
+    deadline: Deadline,
+    scope: trio.CancelScope,
+    too_large: Callable[[], BadResponse],
 ) -> None:
-    """Read the body into `response.content`: at most `limit` bytes, each of
-    which moves the deadline of `scope` on."""
-    inner = response.stream
-    assert isinstance(inner, httpx.AsyncByteStream)
-
-    class Capped(httpx.AsyncByteStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            received = 0
-            async for piece in inner:
-                received += len(piece)
-                if received > limit:
-                    raise too_large
-                deadline.earn(len(piece))
-                scope.deadline = deadline.at
-                yield piece
-
-        async def aclose(self) -> None:
-            await inner.aclose()
-
-    response.stream = Capped()
+    """Read the body into `response.content`: at most `limit` bytes (as sent:
+    before any content decoding), each of which moves the deadline of
+    `scope` on."""
+    response.stream = _CappedStream(response.stream, limit, deadline, scope, too_large)
     await response.aread()
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    """A body that raises `too_large()` past `limit` bytes, and earns time by
+    its bytes for `deadline` and the cancel scope that enforces it."""
+
+    def __init__(self, inner: Any, limit: int, deadline: Deadline, scope: trio.CancelScope,
+                 too_large: Callable[[], BadResponse]) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._deadline = deadline
+        self._scope = scope
+        self._too_large = too_large
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        received = 0
+        async for piece in self._inner:
+            received += len(piece)
+            if received > self._limit:
+                raise self._too_large()
+            self._deadline.earn(len(piece))
+            self._scope.deadline = self._deadline.at
+            yield piece
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def check_range_answer(response: httpx.Response, url: str, start: int, end: int) -> int | None:
