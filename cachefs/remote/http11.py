@@ -58,10 +58,10 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 class Deadline:
     """When a request must be done, on trio's clock.
 
-    It starts `grace` seconds after the request, and each byte of body that
-    arrives moves it on by `per_byte` seconds (1 / the minimum rate): a big
-    body gets time in proportion, a trickle does not. Whoever reads the
-    body calls `earn`; transports only compare against `at`.
+    `at` starts as the request's start plus the request timeout, and each
+    byte of body that arrives moves it on by `per_byte` seconds (1 / the
+    minimum rate): a big body gets time in proportion, a trickle does not.
+    Whoever reads the body calls `earn`; transports only compare against `at`.
     """
 
     at: float
