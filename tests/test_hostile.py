@@ -246,10 +246,17 @@ def test_bad_sizes_skip_only_their_entries(mount: Mounter) -> None:
         "/html/": static(html, "text/html"),
         "/html/fine": static(GOOD),
     }
+    contents = "".join(f"<Contents><Key>{name}</Key><Size>{size}</Size></Contents>" for name, size in [
+        ("fine", len(GOOD)), ("neg", "-5"), ("big", 2**63), ("huge", 2**70), ("nan", "many")])
+    scripts["/bkt/"] = static(f"<ListBucketResult>{contents}</ListBucketResult>".encode(), "application/xml")
+    scripts["/bkt/fine"] = static(GOOD)
     with HostileServer(scripts) as server:
-        for top in ("json", "html"):
+        s3_args = ("--endpoint-url", server.url("").rstrip("/"), "--no-sign-request",
+                   "--force-path-style", "--region", "us-east-1")
+        for top, source, args in [("json", server.url("/json/"), ()), ("html", server.url("/html/"), ()),
+                                  ("s3", "s3://bkt", s3_args)]:
             cache_dir = mount.base / f"cache-{top}"
-            mp = mount(server.url(f"/{top}/"), cache_dir)
+            mp = mount(source, cache_dir, *args)
             assert sorted(os.listdir(mp)) == ["fine"]
             assert read_file(mp / "fine") == GOOD
             text = log_text(cache_dir)
