@@ -433,3 +433,17 @@ def test_lean_transport_takes_few_interim_answers() -> None:
     with HostileServer(scripts) as server:
         with pytest.raises(httpx.RemoteProtocolError, match="interim"):
             transport_get(server, "/x", None)
+
+
+def test_time_before_1970_is_shown_not_an_error(mount: Mounter) -> None:
+    """A listed mtime before the epoch (a 1900 date) is a file's time like any other."""
+    scripts = {
+        "/data/": json_index([{"name": "old", "size": len(GOOD), "mtime": "Mon, 01 Jan 1900 00:00:00 GMT"},
+                              {"name": "new", "size": len(GOOD)}]),
+        "/data/new": static(GOOD),
+    }
+    with HostileServer(scripts) as server:
+        mp = mount(server.url("/data/"))
+        assert sorted(os.listdir(mp)) == ["new", "old"]
+        assert os.stat(mp / "old").st_mtime == -2208988800.0
+        assert os.stat(mp / "new").st_size == len(GOOD)
