@@ -302,12 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--proxy", metavar="URL", help="HTTP proxy for all requests")
     m.add_argument("--request-timeout", type=cli_types.seconds_between(*REQUEST_TIMEOUT_RANGE),
                    default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
-                   help="a request fails unless its answer starts within SECONDS; the body then "
-                   f"gets SECONDS plus its size at --min-rate (default {DEFAULT_REQUEST_TIMEOUT_S:g}, "
+                   help="a request fails once it has taken SECONDS plus 1 s per --min-rate bytes of "
+                   "body received, so a server that trickles or never finishes fails, and a big body "
+                   f"at a fair rate does not (default {DEFAULT_REQUEST_TIMEOUT_S:g}, "
                    f"from {REQUEST_TIMEOUT_RANGE[0]:g} to {REQUEST_TIMEOUT_RANGE[1]:g})")
     m.add_argument("--min-rate", type=cli_types.size_between(*MIN_RATE_RANGE),
                    default=DEFAULT_MIN_RATE, metavar="BYTES",
-                   help="slowest average transfer rate accepted, per second (default 4K, from 1 to 1G)")
+                   help="slowest average rate, bytes per second, a body may come at "
+                   "(see --request-timeout; default 4K, from 1 to 1G)")
     m.add_argument("--max-listing-size", type=cli_types.size_between(*MAX_LISTING_SIZE_RANGE),
                    default=DEFAULT_MAX_LISTING_BYTES, metavar="SIZE",
                    help="a directory listing larger than SIZE fails (default 64M, from 64K to 16G)")
