@@ -4,7 +4,9 @@ checks that a ranged GET answered exactly the bytes asked for.
 Both `http_index` and `s3` fetch object bytes with single-range GETs over
 httpx; everything here is about trusting those answers no more than they
 deserve: a range response must say it is the range we asked for, in identity
-coding, and its body must be exactly that long.
+coding, and its body must be exactly that long. Nor is a server trusted to
+finish: every request has a deadline that only a body arriving at a minimum
+rate extends, and a listing has a size cap (RequestLimits).
 """
 
 from __future__ import annotations
