@@ -180,7 +180,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             return False
         if kind is Behaviour.ENDLESS_LISTING:
-            sock.sendall(_head(200, {"Content-Type": "text/html", "Connection": "close"}))
+            sock.sendall(_head(script.status, {"Content-Type": "text/html", "Connection": "close"}))
             sock.sendall(b"<html><body><pre>\r\n")
             for n in itertools.count():
                 if hostile._stopping.is_set():

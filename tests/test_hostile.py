@@ -447,3 +447,24 @@ def test_time_before_1970_is_shown_not_an_error(mount: Mounter) -> None:
         assert sorted(os.listdir(mp)) == ["new", "old"]
         assert os.stat(mp / "old").st_mtime == -2208988800.0
         assert os.stat(mp / "new").st_size == len(GOOD)
+
+
+@pytest.mark.parametrize("behaviour", [Behaviour.TRICKLE_BODY, Behaviour.ENDLESS_LISTING], ids=lambda b: b.value)
+def test_s3_error_document_is_bounded(transport: str, behaviour: Behaviour) -> None:
+    """A refused S3 read whose error body trickles, or never ends, still fails in bounded time."""
+    scripts = {"/bkt/f": Script(behaviour, b"<Error><Code>AccessDenied</Code></Error>" * 20,
+                                status=403, interval_s=TRICKLE_S)}
+    with HostileServer(scripts) as server:
+        options = S3Options(endpoint_url=server.url("").rstrip("/"), region="us-east-1",
+                            no_sign_request=True, force_path_style=True)
+
+        async def main() -> None:
+            async with S3Remote(parse_s3_source("s3://bkt"), options, limits=LIMITS) as remote:
+                with trio.fail_after(HANG_S):
+                    async with remote.read_range("f", 0, 100, "") as body:
+                        async for _ in body:
+                            pass
+
+        error, took = timed_failure(lambda: trio.run(main))
+    assert took < SLOW_BOUND_S, took
+    assert "403" in str(error), error
