@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -62,13 +63,31 @@ class Deadline:
     byte of body that arrives moves it on by `per_byte` seconds (1 / the
     minimum rate): a big body gets time in proportion, a trickle does not.
     Whoever reads the body calls `earn`; transports only compare against `at`.
+    Time spent waiting for a free connection is not the server's doing, and
+    is given back (`extend`). Inside `enforced()`, a cancel scope follows `at`.
     """
 
     at: float
     per_byte: float = 0.0
+    scope: trio.CancelScope | None = None
 
     def earn(self, nbytes: int) -> None:
-        self.at += nbytes * self.per_byte
+        self.extend(nbytes * self.per_byte)
+
+    def extend(self, seconds: float) -> None:
+        self.at += seconds
+        if self.scope is not None:
+            self.scope.deadline = self.at
+
+    @contextmanager
+    def enforced(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope that ends what runs in it at `at`, as `at` moves."""
+        with trio.CancelScope(deadline=self.at) as scope:
+            self.scope = scope
+            try:
+                yield scope
+            finally:
+                self.scope = None
 
     @property
     def passed(self) -> bool:
@@ -369,7 +388,12 @@ class Http11Transport(httpx.AsyncBaseTransport):
         head_bytes = request_head(request)
         method = request.method.encode()
         origin = (request.url.host, request.url.port or 80)
-        await self._slots.acquire()
+        if timeouts.deadline is None:
+            await self._slots.acquire()
+        else:
+            queued_at = trio.current_time()
+            await self._slots.acquire()
+            timeouts.deadline.extend(trio.current_time() - queued_at)
         conn: Connection | None = None
         try:
             while True:

@@ -12,6 +12,7 @@ rate extends, and a listing has a size cap (RequestLimits).
 from __future__ import annotations
 
 import base64
+import math
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,8 @@ DEFAULT_MIN_RATE = 4096  # bytes per second
 # The most a listing (an index page, or all pages of an S3 listing) may hold:
 # it is kept in memory whole, and a server may send one without end.
 DEFAULT_MAX_LISTING_BYTES = 64 * 1024 * 1024
+# Error documents (S3's XML) are a few hundred bytes.
+MAX_ERROR_BODY = 64 * 1024
 
 HTTP_OK = 200
 HTTP_PARTIAL = 206
@@ -207,7 +210,7 @@ async def send_with_retries(
     limits = client.request_limits
     deadline = limits.deadline()
     failure = ""
-    with trio.CancelScope(deadline=deadline.at) as scope:
+    with deadline.enforced() as scope:
         for attempt in range(policy.attempts):
             if attempt:
                 await trio.sleep(policy.delay(attempt))
@@ -232,7 +235,7 @@ async def send_with_retries(
                 return response
             limit = limits.max_listing_bytes if body_limit is None else body_limit
             try:
-                await _read_capped(response, limit, deadline, scope, lambda: limits.too_large(what))
+                await _read_capped(response, limit, deadline, lambda: limits.too_large(what))
             except httpx.TransportError as exc:
                 failure = f"{type(exc).__name__}: {exc}"
                 continue
@@ -256,30 +259,41 @@ async def _close(response: httpx.Response) -> None:
         await response.aclose()
 
 
+async def read_error_body(response: httpx.Response, what: str) -> None:
+    """Read the error document of a streamed response into `response.content`,
+    within the request's deadline and at most MAX_ERROR_BODY bytes."""
+    deadline = response.request.extensions.get(DEADLINE_EXTENSION) or Deadline(math.inf)
+    with deadline.enforced() as scope:
+        try:
+            await _read_capped(response, MAX_ERROR_BODY, deadline,
+                               lambda: BadResponse(f"{what}: HTTP {response.status_code} with an endless body"))
+        except httpx.HTTPError as exc:
+            raise BadResponse(f"{what}: HTTP {response.status_code}, then {type(exc).__name__}: {exc}") from None
+    if scope.cancelled_caught:
+        raise Unreachable(f"{what}: HTTP {response.status_code}, and its body too slow")
+
+
 async def _read_capped(
     response: httpx.Response,
     limit: int,
     deadline: Deadline,
-    scope: trio.CancelScope,
     too_large: Callable[[], BadResponse],
 ) -> None:
     """Read the body into `response.content`: at most `limit` bytes (as sent:
-    before any content decoding), each of which moves the deadline of
-    `scope` on."""
-    response.stream = _CappedStream(response.stream, limit, deadline, scope, too_large)
+    before any content decoding), each of which moves `deadline` on."""
+    response.stream = _CappedStream(response.stream, limit, deadline, too_large)
     await response.aread()
 
 
 class _CappedStream(httpx.AsyncByteStream):
     """A body that raises `too_large()` past `limit` bytes, and earns time by
-    its bytes for `deadline` and the cancel scope that enforces it."""
+    its bytes for `deadline`."""
 
-    def __init__(self, inner: Any, limit: int, deadline: Deadline, scope: trio.CancelScope,
+    def __init__(self, inner: Any, limit: int, deadline: Deadline,
                  too_large: Callable[[], BadResponse]) -> None:
         self._inner = inner
         self._limit = limit
         self._deadline = deadline
-        self._scope = scope
         self._too_large = too_large
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -289,7 +303,6 @@ class _CappedStream(httpx.AsyncByteStream):
             if received > self._limit:
                 raise self._too_large()
             self._deadline.earn(len(piece))
-            self._scope.deadline = self._deadline.at
             yield piece
 
     async def aclose(self) -> None:

@@ -26,6 +26,7 @@ from .httpcommon import (
     make_client,
     range_header,
     ranged_read,
+    read_error_body,
     send_with_retries,
 )
 from .listing import parse_http_date
@@ -218,7 +219,7 @@ class S3Remote(ClientOwner):
         if version and status in (HTTP_PRECONDITION_FAILED, HTTP_RANGE_NOT_SATISFIABLE):
             raise VersionChanged(f"{url}: no longer version {version!r} (HTTP {status})")
         if status not in (httpx.codes.OK, httpx.codes.PARTIAL_CONTENT):
-            await response.aread()
+            await read_error_body(response, f"GET {path}")
             raise self._error(response, f"GET {path}")
         check_range_answer(response, url, start, end)
         # Stores that ignore If-Match still report the ETag they served.
