@@ -119,6 +119,7 @@ class HostileServer:
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # clients open many connections at once
     hostile: HostileServer
 
     def handle_error(self, request: object, client_address: object) -> None:

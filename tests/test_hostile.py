@@ -40,6 +40,7 @@ from cachefs.remote import (
     Unreachable,
 )
 from cachefs.remote.http11 import DEADLINE_EXTENSION, Deadline, Http11Transport
+from cachefs.remote.httpcommon import MAX_CONNECTIONS
 from cachefs.remote.s3_address import parse_s3_source
 
 GOOD = b"good bytes\n" * 100
@@ -472,3 +473,22 @@ def test_s3_error_document_is_bounded(transport: str, behaviour: Behaviour) -> N
         error, took = timed_failure(lambda: trio.run(main))
     assert took < SLOW_BOUND_S, took
     assert "403" in str(error), error
+
+
+def test_waiting_for_a_connection_is_not_charged_to_the_deadline() -> None:
+    """With every connection busy on slow but steady bodies, a request that
+    waits for one longer than its timeout still gets its full time after."""
+    steady = Script(Behaviour.TRICKLE_BODY, b"s" * 60, interval_s=0.05)  # 20 B/s: 3 s
+    scripts = {"/data/": json_index([]), "/data/steady": steady, "/data/good": static(GOOD)}
+    limits = RequestLimits(timeout_s=TIMEOUT_S, min_rate=10)  # steady bodies are never cut
+    with HostileServer(scripts) as server:
+
+        async def job(remote: HttpIndexRemote) -> bytes:
+            async with trio.open_nursery() as nursery:
+                for _ in range(MAX_CONNECTIONS):
+                    nursery.start_soon(read_all, remote, "steady", 60)
+                await trio.sleep(TIMEOUT_S / 10)  # all connections taken
+                return await read_all(remote, "good", len(GOOD))
+
+        assert run_remote(server, job, limits) == GOOD
+        assert server.count("/data/steady") == MAX_CONNECTIONS

@@ -64,7 +64,7 @@ class Deadline:
     minimum rate): a big body gets time in proportion, a trickle does not.
     Whoever reads the body calls `earn`; transports only compare against `at`.
     Time spent waiting for a free connection is not the server's doing, and
-    is given back (`extend`). Inside `enforced()`, a cancel scope follows `at`.
+    is not counted (`paused`). Inside `enforced()`, a cancel scope follows `at`.
     """
 
     at: float
@@ -78,6 +78,17 @@ class Deadline:
         self.at += seconds
         if self.scope is not None:
             self.scope.deadline = self.at
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside does not count: `at` moves on by as much."""
+        started = trio.current_time()
+        if self.scope is not None:
+            self.scope.deadline = math.inf
+        try:
+            yield
+        finally:
+            self.extend(trio.current_time() - started)
 
     @contextmanager
     def enforced(self) -> Iterator[trio.CancelScope]:
@@ -391,9 +402,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         if timeouts.deadline is None:
             await self._slots.acquire()
         else:
-            queued_at = trio.current_time()
-            await self._slots.acquire()
-            timeouts.deadline.extend(trio.current_time() - queued_at)
+            with timeouts.deadline.paused():
+                await self._slots.acquire()
         conn: Connection | None = None
         try:
             while True:
