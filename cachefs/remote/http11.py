@@ -399,11 +399,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
         head_bytes = request_head(request)
         method = request.method.encode()
         origin = (request.url.host, request.url.port or 80)
-        if timeouts.deadline is None:
-            await self._slots.acquire()
-        else:
-            with timeouts.deadline.paused():
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            if timeouts.deadline is None:
                 await self._slots.acquire()
+            else:
+                with timeouts.deadline.paused():
+                    await self._slots.acquire()
         conn: Connection | None = None
         try:
             while True:
