@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,11 @@ from cachefs.cache import CacheDirError, default_cache_dir
 from cachefs.cache.store import DEFAULT_MIN_FREE, prepare_dir
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
+from cachefs.remote.httpcommon import (
+    DEFAULT_MAX_LISTING_BYTES,
+    DEFAULT_MIN_RATE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+)
 
 from . import cli_types
 from .cli_prefetch import PrefetchError
@@ -34,6 +40,15 @@ log = logging.getLogger("cachefs")
 # it to finish writing its state.
 READY_TIMEOUT = 120.0
 EXIT_TIMEOUT = 60.0
+# How long a daemon that missed READY_TIMEOUT gets to exit on SIGTERM.
+STOP_TIMEOUT = 10.0
+# The daemon's own limit on reaching the source is this much shorter, so
+# that a slow source is reported as such rather than as a silent daemon.
+STARTUP_MARGIN = 10.0
+# Accepted values of the request limits (cachefs mount --help shows them).
+REQUEST_TIMEOUT_RANGE = (1.0, 3600.0)
+MIN_RATE_RANGE = (1, 1 << 30)
+MAX_LISTING_SIZE_RANGE = (64 * 1024, 1 << 34)
 
 
 class UserError(Exception):
@@ -150,9 +165,14 @@ def _daemonize(config: MountConfig, log_level: str) -> int:
     # Small enough for the pipe's buffer: written before the daemon reads it.
     with os.fdopen(config_w, "w") as f:
         json.dump({**config.to_dict(), "log_level": log_level}, f)
-    readable, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
-    message = os.read(rfd, 4096).decode(errors="replace").strip() if readable else ""
-    os.close(rfd)
+    try:
+        readable, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
+        message = os.read(rfd, 4096).decode(errors="replace").strip() if readable else ""
+    except KeyboardInterrupt:
+        _stop_daemon(pid, config.mountpoint)
+        raise
+    finally:
+        os.close(rfd)
     if message == "OK":
         return 0
     if message.startswith("OK "):
@@ -162,9 +182,31 @@ def _daemonize(config: MountConfig, log_level: str) -> int:
         os.waitpid(pid, 0)
         raise UserError(message[4:])
     if not readable:
-        raise UserError(f"the daemon (pid {pid}) did not answer within {READY_TIMEOUT:.0f} s")
+        _stop_daemon(pid, config.mountpoint)
+        raise UserError(f"the daemon (pid {pid}) did not answer within {READY_TIMEOUT:.0f} s; stopped it")
     os.waitpid(pid, 0)
     raise UserError("the daemon exited before the mount was ready (see its log)")
+
+
+def _stop_daemon(pid: int, mountpoint: str) -> None:
+    """End a daemon whose mount we report as failed, and any mount it made.
+
+    It is our child and not yet reaped, so `pid` cannot name another process.
+    """
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.02)
+    info = find_mount(mountpoint)
+    if info is not None and info.fstype == FSTYPE:
+        try:
+            unmount(mountpoint, lazy=True)
+        except MountError:
+            pass
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -185,6 +227,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         proxy=args.proxy,
         allow_other=args.allow_other,
         passthrough=not args.no_passthrough,
+        request_timeout=args.request_timeout,
+        min_rate=args.min_rate,
+        max_listing_size=args.max_listing_size,
+        startup_timeout=READY_TIMEOUT - STARTUP_MARGIN if READY_TIMEOUT > STARTUP_MARGIN else None,
         s3=S3Options(
             endpoint_url=args.endpoint_url,
             region=args.region,
@@ -256,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--min-free", type=cli_types.size, default=DEFAULT_MIN_FREE, metavar="SIZE",
                    help="evict to keep at least SIZE free on the cache's disk (default 1G)")
     m.add_argument("--proxy", metavar="URL", help="HTTP proxy for all requests")
+    m.add_argument("--request-timeout", type=cli_types.seconds_between(*REQUEST_TIMEOUT_RANGE),
+                   default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+                   help="a request fails once it has taken SECONDS plus 1 s per --min-rate bytes of "
+                   "body received, so a server that trickles or never finishes fails, and a big body "
+                   f"at a fair rate does not (default {DEFAULT_REQUEST_TIMEOUT_S:g}, "
+                   f"from {REQUEST_TIMEOUT_RANGE[0]:g} to {REQUEST_TIMEOUT_RANGE[1]:g})")
+    m.add_argument("--min-rate", type=cli_types.size_between(*MIN_RATE_RANGE),
+                   default=DEFAULT_MIN_RATE, metavar="BYTES",
+                   help="slowest average rate, bytes per second, a body may come at "
+                   "(see --request-timeout; default 4K, from 1 to 1G)")
+    m.add_argument("--max-listing-size", type=cli_types.size_between(*MAX_LISTING_SIZE_RANGE),
+                   default=DEFAULT_MAX_LISTING_BYTES, metavar="SIZE",
+                   help="a directory listing larger than SIZE fails (default 64M, from 64K to 16G)")
     m.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr")
     m.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     m.add_argument("--no-passthrough", action="store_true",

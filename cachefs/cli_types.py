@@ -41,3 +41,27 @@ def size(text: str) -> int:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """A duration in [low, high] seconds."""
+
+    def parse(text: str) -> float:
+        value = seconds(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g} seconds: {text!r}")
+        return value
+
+    return parse
+
+
+def size_between(low: int, high: int) -> Callable[[str], int]:
+    """A size (500M, 4K, 100) in [low, high] bytes."""
+
+    def parse(text: str) -> int:
+        value = size(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high} bytes: {text!r}")
+        return value
+
+    return parse

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import stat
@@ -30,10 +31,16 @@ from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import Prefetcher
 from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
 from cachefs.kernel.mounting import FSTYPE
-from cachefs.remote import NotFound, RemoteError, S3Options, open_remote
+from cachefs.remote import NotFound, RemoteError, RequestLimits, S3Options, open_remote
 from cachefs.remote.health import WatchedRemote
+from cachefs.remote.httpcommon import (
+    DEFAULT_MAX_LISTING_BYTES,
+    DEFAULT_MIN_RATE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+)
 
 log = logging.getLogger(__name__)
+
 
 # ready(error, warning): error None means mounted; a warning still mounts.
 Ready = Callable[[str | None, str | None], None]
@@ -50,6 +57,13 @@ class MountConfig:
     proxy: str | None = None
     allow_other: bool = False
     passthrough: bool = True
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    min_rate: int = DEFAULT_MIN_RATE
+    max_listing_size: int = DEFAULT_MAX_LISTING_BYTES
+    # The daemon gives up on a source that has not answered after this long
+    # (None: never). `cachefs mount` sets it a little below its own wait, so
+    # that it can report why, and no daemon stays whose mount it reported failed.
+    startup_timeout: float | None = None
     # Endpoint, region, profile... for s3:// sources; must stay default otherwise.
     s3: S3Options = S3Options()
 
@@ -142,7 +156,8 @@ async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
 async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
     """Mount and serve until unmounted. Raises StartupError before ready."""
     try:
-        remote = WatchedRemote(open_remote(config.source, proxy=config.proxy, s3=config.s3))
+        limits = RequestLimits(config.request_timeout, config.min_rate, config.max_listing_size)
+        remote = WatchedRemote(open_remote(config.source, proxy=config.proxy, s3=config.s3, limits=limits))
     except ValueError as e:
         raise StartupError(str(e)) from None
     try:
@@ -167,7 +182,11 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
     prepare_runtime_dir()
     fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
     assert isinstance(cache.remote, WatchedRemote)
-    warning = await _check_remote(fs, cache.remote)
+    limit = math.inf if config.startup_timeout is None else config.startup_timeout
+    with trio.move_on_after(limit) as startup:
+        warning = await _check_remote(fs, cache.remote)
+    if startup.cancelled_caught:
+        raise StartupError(f"{cache.remote.source} did not answer within {limit:g} s")
     try:
         # The remote's own source string: credentials given in the URL stay out.
         fd = mount(config.mountpoint, MountOptions(source=cache.remote.source, allow_other=config.allow_other))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from cachefs.remote import Remote, RemoteError
-from cachefs.remote.base import BadResponse
+from cachefs.remote.base import BadResponse, Unreachable
 
 from .evictor import Evictor
 from .journal import Journal
@@ -122,10 +122,19 @@ class ChunkFetcher:
                 obj.streamed.add(idx)
             self._journal.add(obj, idx, uncache=streamed)
         except RemoteError as e:
+            if fetch.ahead and not isinstance(e, Unreachable):
+                # Nobody waits for it, so nobody else reports it; offline
+                # is reported once, by the remote's health watch.
+                log.warning("read-ahead of %s failed: %s", obj.key, e)
             error = e
         except OSError as e:
             log.error("writing %s to the cache failed: %s", obj.key, e)
             error = e
+        except Exception as e:
+            # A bug, or something the remote let through: this fetch fails
+            # (its readers get EIO), the daemon and other fetches go on.
+            log.exception("fetching %s bytes of chunk %d failed", obj.key, idx)
+            error = RemoteError(f"{obj.key}: internal error: {type(e).__name__}: {e}")
         finally:
             del obj.inflight[idx]
             fetch.finish(error)

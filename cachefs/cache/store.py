@@ -292,9 +292,15 @@ class Cache:
         except OSError as e:
             log.warning("cannot cache %s: %s", key, e)
             return
-        # The fetches hold their own uses of the object.
-        self.fetcher.start(obj, range(obj.nchunks), Priority.BACKGROUND)
-        self.release(obj)
+        except Exception:
+            # Background work nobody waits for: it must not end the daemon.
+            log.exception("prefetching %s failed", key)
+            return
+        try:
+            # The fetches hold their own uses of the object.
+            self.fetcher.start(obj, range(obj.nchunks), Priority.BACKGROUND)
+        finally:
+            self.release(obj)
 
 
 def _size_to(fd: int, size: int) -> int:

@@ -188,6 +188,7 @@ class Filesystem:
                 self._read_ahead_siblings(inode)
                 await self.cache.fetcher.wait(fetches)
         except RemoteError as e:
+            log.warning("opening %r: %s", inode.path, e)
             self.cache.release(obj)
             raise FuseError(e.errno) from e
         except OSError as e:

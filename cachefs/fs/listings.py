@@ -53,6 +53,7 @@ class Listings:
         self.ttl = ttl
         self._mem: dict[str, Listing] = {}
         self._inflight: dict[str, _Fetch] = {}
+        self._warned: set[tuple[str, str]] = set()
 
     def _fresh(self, listing: Listing | None) -> bool:
         return listing is not None and time.time() - listing.fetched_at < self.ttl
@@ -68,7 +69,7 @@ class Listings:
         if listing is None:
             return
         entries = dict(listing.entries)
-        if entry is None:
+        if entry is None or not self._usable(directory, entry):
             entries.pop(name, None)
         else:
             entries[name] = entry
@@ -119,8 +120,18 @@ class Listings:
         self._mem[path] = listing
         return listing
 
+    def _usable(self, directory: str, entry: RemoteEntry) -> bool:
+        if entry.usable:
+            return True
+        # Once per name: listings are fetched again whenever they expire.
+        if (directory, entry.name) not in self._warned:
+            self._warned.add((directory, entry.name))
+            log.warning("skipping %r in /%s: unusable size %r", entry.name, directory, entry.size)
+        return False
+
     async def _fetch(self, path: str) -> dict[str, RemoteEntry]:
-        entries = await self._remote.list_dir(path)
+        # One bad size must not make the whole directory fail.
+        entries = [e for e in await self._remote.list_dir(path) if self._usable(path, e)]
         now = time.time()
         self._mem[path] = Listing(now, {e.name: e for e in entries})
         await self._db.put_listing(path, now, [dataclasses.asdict(e) for e in entries])

@@ -131,6 +131,10 @@ class PrefetchJob:
                     await self._walk(child_path(path, name), send)
         except RemoteError as e:
             self._fail(path, str(e))
+        except Exception as e:
+            # One bad path fails, not the job and the daemon it runs in.
+            log.exception("prefetch %d: walking %r failed", self.progress.job, path)
+            self._fail(path, f"internal error: {type(e).__name__}: {e}")
 
     async def _entry(self, path: str) -> RemoteEntry | None:
         if not path:
@@ -143,7 +147,11 @@ class PrefetchJob:
     async def _worker(self, receive: trio.MemoryReceiveChannel[tuple[str, RemoteEntry]]) -> None:
         async with receive:
             async for path, entry in receive:
-                await self._fetch_file(path, entry)
+                try:
+                    await self._fetch_file(path, entry)
+                except Exception as e:
+                    log.exception("prefetch %d: fetching %r failed", self.progress.job, path)
+                    self._fail(path, f"internal error: {type(e).__name__}: {e}")
 
     async def _fetch_file(self, path: str, entry: RemoteEntry) -> None:
         p = self.progress

@@ -8,6 +8,7 @@ little-endian, packed as the kernel lays them out on x86-64 and arm64.
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from dataclasses import dataclass
 
@@ -196,6 +197,10 @@ BACKING_ID = struct.Struct("<I")
 assert INIT_OUT.size == 64 and ATTR.size == 88 and KSTATFS.size == 80
 
 
+NSEC_PER_SEC = 1_000_000_000
+U64_MASK = (1 << 64) - 1
+
+
 @dataclass(frozen=True, slots=True)
 class Attr:
     """File attributes as the kernel wants them (fuse_attr)."""
@@ -210,8 +215,12 @@ class Attr:
     blksize: int = 4096
 
     def pack(self) -> bytes:
-        secs = int(self.mtime)
-        nsec = int((self.mtime - secs) * 1e9)
+        # fuse_attr holds times as u64 seconds the kernel reads as signed:
+        # a time before 1970 (listings show them) goes as two's complement,
+        # with nanoseconds counted forward from the second before it.
+        whole = math.floor(self.mtime)
+        nsec = min(int((self.mtime - whole) * 1e9), NSEC_PER_SEC - 1)
+        secs = whole & U64_MASK
         blocks = (self.size + 511) // 512
         return ATTR.pack(
             self.ino, self.size, blocks, secs, secs, secs, nsec, nsec, nsec,

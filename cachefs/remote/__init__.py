@@ -22,6 +22,7 @@ from .base import (
     WrongCredentials,
 )
 from .http_index import HttpIndexRemote
+from .httpcommon import RequestLimits
 from .s3 import S3Remote
 from .s3_address import S3Options, is_s3_source, parse_s3_source
 
@@ -33,6 +34,7 @@ __all__ = [
     "Remote",
     "RemoteEntry",
     "RemoteError",
+    "RequestLimits",
     "S3Options",
     "S3Remote",
     "Unreachable",
@@ -45,7 +47,11 @@ _HTTP_SCHEMES = ("http", "https")
 
 
 def open_remote(
-    source: str, *, proxy: str | None = None, s3: S3Options | None = None
+    source: str,
+    *,
+    proxy: str | None = None,
+    s3: S3Options | None = None,
+    limits: RequestLimits | None = None,
 ) -> Remote:
     """The remote for `source`, e.g. "http://host/data/" or "s3://bucket/prefix".
 
@@ -55,7 +61,7 @@ def open_remote(
     """
     s3 = s3 or S3Options()
     if is_s3_source(source):
-        return S3Remote(parse_s3_source(source), s3, proxy=proxy)
+        return S3Remote(parse_s3_source(source), s3, proxy=proxy, limits=limits)
     if not s3.is_default():
         raise ValueError(
             "--endpoint-url, --region, --profile, --no-sign-request and "
@@ -82,4 +88,4 @@ def open_remote(
         auth = (unquote(parts.username), unquote(parts.password or ""))
         netloc = netloc.rpartition("@")[2]
     clean = parts._replace(scheme=scheme, netloc=netloc, path=path).geturl()
-    return HttpIndexRemote(clean, proxy=proxy, auth=auth)
+    return HttpIndexRemote(clean, proxy=proxy, auth=auth, limits=limits)

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+# The largest size a file can have (off_t, and SQLite's INTEGER).
+MAX_OBJECT_SIZE = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class RemoteEntry:
     """One name in a remote directory, or the result of a stat."""
@@ -26,6 +30,11 @@ class RemoteEntry:
     # Identifies the object version: the ETag when the store gives one, else
     # derived from size and mtime. A different version means different bytes.
     version: str = ""
+
+    @property
+    def usable(self) -> bool:
+        """Whether a file of this size can exist: servers may list any number."""
+        return self.is_dir or (type(self.size) is int and 0 <= self.size <= MAX_OBJECT_SIZE)
 
 
 class RemoteError(Exception):

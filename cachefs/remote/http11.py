@@ -18,14 +18,19 @@ What it does:
 - a request on a reused connection that the server closed while it was idle
   is sent again on a new connection (GET and HEAD are safe to repeat);
 - httpx's timeouts (connect, read, write) and httpx's exceptions, so
-  callers cannot tell the two transports apart.
+  callers cannot tell the two transports apart;
+- a request's `Deadline` (extension DEADLINE_EXTENSION), checked on every
+  socket operation, headers and interim (1xx) answers included: the per-read
+  timeout alone lets a server that trickles a byte now and then hold a
+  request forever.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -38,18 +43,76 @@ MAX_HEAD_BYTES = 64 * 1024
 SIMPLE_METHODS = frozenset({b"GET", b"HEAD"})
 # Statuses whose responses never have a body (RFC 9112 section 6.3).
 NO_BODY_STATUSES = frozenset({204, 304})
+# Interim answers (100 Continue, 103 Early Hints) accepted before the real
+# one: a server that sends them without end never answers.
+MAX_INTERIM_RESPONSES = 16
+# The request extension holding its Deadline, and the response extension
+# saying this transport enforced it while the body was read.
+DEADLINE_EXTENSION = "cachefs.deadline"
+DEADLINE_ENFORCED = "cachefs.deadline_enforced"
 
 Origin = tuple[str, int]
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
+@dataclass
+class Deadline:
+    """When a request must be done, on trio's clock.
+
+    `at` starts as the request's start plus the request timeout, and each
+    byte of body that arrives moves it on by `per_byte` seconds (1 / the
+    minimum rate): a big body gets time in proportion, a trickle does not.
+    Whoever reads the body calls `earn`; transports only compare against `at`.
+    Time spent waiting for a free connection is not the server's doing, and
+    is not counted (`paused`). Inside `enforced()`, a cancel scope follows `at`.
+    """
+
+    at: float
+    per_byte: float = 0.0
+    scope: trio.CancelScope | None = None
+
+    def earn(self, nbytes: int) -> None:
+        self.extend(nbytes * self.per_byte)
+
+    def extend(self, seconds: float) -> None:
+        self.at += seconds
+        if self.scope is not None:
+            self.scope.deadline = self.at
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside does not count: `at` moves on by as much."""
+        started = trio.current_time()
+        if self.scope is not None:
+            self.scope.deadline = math.inf
+        try:
+            yield
+        finally:
+            self.extend(trio.current_time() - started)
+
+    @contextmanager
+    def enforced(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope that ends what runs in it at `at`, as `at` moves."""
+        with trio.CancelScope(deadline=self.at) as scope:
+            self.scope = scope
+            try:
+                yield scope
+            finally:
+                self.scope = None
+
+    @property
+    def passed(self) -> bool:
+        return trio.current_time() >= self.at
+
+
 @dataclass(frozen=True)
 class Timeouts:
-    """httpx's per-request timeouts, in seconds (inf for none)."""
+    """httpx's per-request timeouts, in seconds (inf for none), and our deadline."""
 
     connect: float
     read: float
     write: float
+    deadline: Deadline | None = None
 
     @classmethod
     def of(cls, request: httpx.Request) -> Timeouts:
@@ -59,7 +122,18 @@ class Timeouts:
             value = given.get(name)
             return math.inf if value is None else float(value)
 
-        return cls(pick("connect"), pick("read"), pick("write"))
+        return cls(pick("connect"), pick("read"), pick("write"), request.extensions.get(DEADLINE_EXTENSION))
+
+    def until(self, seconds: float) -> float:
+        """The trio time by which an operation allowed `seconds` must end."""
+        at = trio.current_time() + seconds
+        return at if self.deadline is None else min(at, self.deadline.at)
+
+    def timed_out(self, what: str) -> str:
+        """Why an operation was cut off: its own timeout, or the request's deadline."""
+        if self.deadline is not None and self.deadline.passed:
+            return f"request deadline passed {what} (server too slow)"
+        return f"timed out {what}"
 
 
 @dataclass
@@ -89,10 +163,10 @@ class Connection:
 
     async def send(self, data: bytes, timeouts: Timeouts) -> None:
         try:
-            with trio.fail_after(timeouts.write):
+            with trio.fail_at(timeouts.until(timeouts.write)):
                 await self.stream.send_all(data)
         except trio.TooSlowError:
-            raise httpx.WriteTimeout("timed out sending the request") from None
+            raise httpx.WriteTimeout(timeouts.timed_out("sending the request")) from None
         except (OSError, trio.BrokenResourceError) as e:
             if self.reused:
                 raise _StaleConnection() from e
@@ -101,16 +175,16 @@ class Connection:
     async def _receive(self, timeouts: Timeouts) -> bytes:
         """The next bytes from the socket; b"" at the end of the stream."""
         try:
-            with trio.fail_after(timeouts.read):
+            with trio.fail_at(timeouts.until(timeouts.read)):
                 return await self.stream.receive_some(RECEIVE_SIZE)
         except trio.TooSlowError:
-            raise httpx.ReadTimeout("timed out waiting for the server") from None
+            raise httpx.ReadTimeout(timeouts.timed_out("waiting for the server")) from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise httpx.ReadError(f"receiving failed: {e}") from None
 
     async def receive_head(self, timeouts: Timeouts, method: bytes) -> ResponseHead:
         """Read up to the end of a final (non-1xx) response's header block."""
-        while True:
+        for _ in range(MAX_INTERIM_RESPONSES + 1):
             while (end := self._buffer.find(b"\r\n\r\n")) < 0:
                 if len(self._buffer) > MAX_HEAD_BYTES:
                     raise httpx.RemoteProtocolError("response header block too long")
@@ -130,6 +204,7 @@ class Connection:
             if not 100 <= head.status < 200:
                 return head
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+        raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM_RESPONSES} interim (1xx) answers")
 
     async def body(self, head: ResponseHead, timeouts: Timeouts) -> AsyncIterator[bytes]:
         """The response body's bytes, as they arrive; ends at its end."""
@@ -324,7 +399,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
         head_bytes = request_head(request)
         method = request.method.encode()
         origin = (request.url.host, request.url.port or 80)
-        await self._slots.acquire()
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            if timeouts.deadline is None:
+                await self._slots.acquire()
+            else:
+                with timeouts.deadline.paused():
+                    await self._slots.acquire()
         conn: Connection | None = None
         try:
             while True:
@@ -340,7 +422,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 status_code=head.status,
                 headers=head.headers,
                 stream=_Body(self, conn, head, timeouts),
-                extensions={"http_version": b"HTTP/1.1", "reason_phrase": head.reason},
+                extensions={"http_version": b"HTTP/1.1", "reason_phrase": head.reason,
+                            DEADLINE_ENFORCED: timeouts.deadline is not None},
             )
         except BaseException:
             if conn is not None:
@@ -359,10 +442,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: Origin, timeouts: Timeouts) -> Connection:
         host, port = origin
         try:
-            with trio.fail_after(timeouts.connect):
+            with trio.fail_at(timeouts.until(timeouts.connect)):
                 stream = await trio.open_tcp_stream(host, port)
         except trio.TooSlowError:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+            raise httpx.ConnectTimeout(timeouts.timed_out(f"connecting to {host}:{port}")) from None
         except OSError as e:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
         self.connections_made += 1

@@ -26,6 +26,7 @@ from .base import (
 )
 from .httpcommon import (
     ClientOwner,
+    RequestLimits,
     RetryPolicy,
     check_range_answer,
     make_client,
@@ -74,14 +75,19 @@ class HttpIndexRemote(ClientOwner):
     """A read-only store at an HTTP base URL ending in '/'."""
 
     def __init__(
-        self, base_url: str, *, proxy: str | None = None, auth: tuple[str, str] | None = None
+        self,
+        base_url: str,
+        *,
+        proxy: str | None = None,
+        auth: tuple[str, str] | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         """`auth` is HTTP basic auth; `base_url` must not carry credentials,
         since `source` shows in the mount table, logs and the cache."""
         if not base_url.endswith("/"):
             base_url += "/"
         self.source = base_url
-        self._client = make_client(proxy, auth)
+        self._client = make_client(proxy, auth, limits)
         self._head_limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
         self._warned_names: set[tuple[str, str]] = set()
 

@@ -4,12 +4,15 @@ checks that a ranged GET answered exactly the bytes asked for.
 Both `http_index` and `s3` fetch object bytes with single-range GETs over
 httpx; everything here is about trusting those answers no more than they
 deserve: a range response must say it is the range we asked for, in identity
-coding, and its body must be exactly that long.
+coding, and its body must be exactly that long. Nor is a server trusted to
+finish: every request has a deadline that only a body arriving at a minimum
+rate extends, and a listing has a size cap (RequestLimits).
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,13 +24,23 @@ import httpx
 import trio
 
 from .base import BadResponse, Unreachable
-from .http11 import Http11Transport
+from .http11 import DEADLINE_ENFORCED, DEADLINE_EXTENSION, Deadline, Http11Transport
 
 MAX_CONNECTIONS = 16
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
 # 5xx answers that usually mean "try again shortly" (overload, restarts).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# A request must have its answer's headers within the request timeout, and
+# then receive its body at the minimum rate on average (see Deadline).
+DEFAULT_REQUEST_TIMEOUT_S = 120.0
+DEFAULT_MIN_RATE = 4096  # bytes per second
+# The most a listing (an index page, or all pages of an S3 listing) may hold:
+# it is kept in memory whole, and a server may send one without end.
+DEFAULT_MAX_LISTING_BYTES = 64 * 1024 * 1024
+# Error documents (S3's XML) are a few hundred bytes.
+MAX_ERROR_BODY = 64 * 1024
 
 HTTP_OK = 200
 HTTP_PARTIAL = 206
@@ -51,6 +64,32 @@ class RetryPolicy:
         return 0.0 if attempt == 0 else min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s)
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may cost before it fails, whatever the server does.
+
+    The per-read timeout alone never ends a request whose server trickles a
+    byte now and then, or a listing that never ends.
+    """
+
+    timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    min_rate: int = DEFAULT_MIN_RATE
+    max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES
+
+    def deadline(self) -> Deadline:
+        """The deadline of a request starting now."""
+        return Deadline(trio.current_time() + self.timeout_s, 1.0 / self.min_rate)
+
+    def too_large(self, what: str) -> BadResponse:
+        return BadResponse(f"{what}: listing larger than {self.max_listing_bytes} bytes (--max-listing-size)")
+
+    def too_slow(self, what: str) -> Unreachable:
+        return Unreachable(
+            f"{what}: server too slow (no answer within {self.timeout_s:g} s, "
+            f"or body slower than {self.min_rate} bytes/s)"
+        )
+
+
 class RemoteClient(httpx.AsyncClient):
     """httpx's client, plus a short way to send body-less plain-HTTP requests.
 
@@ -61,10 +100,13 @@ class RemoteClient(httpx.AsyncClient):
     everything else, and for redirects.
     """
 
-    def __init__(self, *, http11: Http11Transport | None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, http11: Http11Transport | None, request_limits: RequestLimits, **kwargs: Any
+    ) -> None:
         """`http11`, if given, carries every request httpx does not proxy."""
         super().__init__(transport=http11, **kwargs)
         self._http11 = http11
+        self.request_limits = request_limits
 
     async def send_quick(
         self, request: httpx.Request, *, stream: bool, follow_redirects: bool
@@ -103,7 +145,11 @@ class ClientOwner:
         await self._client.aclose()
 
 
-def make_client(proxy: str | None = None, auth: tuple[str, str] | None = None) -> RemoteClient:
+def make_client(
+    proxy: str | None = None,
+    auth: tuple[str, str] | None = None,
+    request_limits: RequestLimits | None = None,
+) -> RemoteClient:
     """An async client for object reads: identity coding, bounded waits."""
     limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
     headers = {"Accept-Encoding": "identity"}  # raw bytes must be the object's bytes
@@ -126,6 +172,7 @@ def make_client(proxy: str | None = None, auth: tuple[str, str] | None = None) -
         )
     return RemoteClient(
         http11=http11,
+        request_limits=request_limits or RequestLimits(),
         proxy=proxy,
         trust_env=True,
         headers=headers,
@@ -146,6 +193,7 @@ async def send_with_retries(
     what: str,
     stream: bool = False,
     follow_redirects: bool = False,
+    body_limit: int | None = None,
 ) -> httpx.Response:
     """Send the request `await build()` makes, retrying transport errors and transient
     statuses per `policy`; raise Unreachable once the tries are used up.
@@ -153,24 +201,112 @@ async def send_with_retries(
     `build` runs once per try so a signed request gets a fresh signature (and
     fresh credentials) each time. `what` names the request in errors; it must
     not hold secrets.
+
+    All tries together, and the body, are bounded by the client's
+    RequestLimits: a body read here (not `stream`) is a listing or an error
+    document, and may hold at most `body_limit` bytes (default: the limits'
+    max_listing_bytes). Every httpx error becomes a RemoteError.
     """
+    limits = client.request_limits
+    deadline = limits.deadline()
     failure = ""
-    for attempt in range(policy.attempts):
-        if attempt:
-            await trio.sleep(policy.delay(attempt))
-        request = await build()
-        try:
-            response = await client.send_quick(request, stream=stream, follow_redirects=follow_redirects)
-        except httpx.UnsupportedProtocol as exc:
-            raise Unreachable(f"{what}: {exc}") from None
-        except httpx.TransportError as exc:
-            failure = f"{type(exc).__name__}: {exc}"
-            continue
-        if response.status_code not in RETRY_STATUSES:
+    with deadline.enforced() as scope:
+        for attempt in range(policy.attempts):
+            if attempt:
+                await trio.sleep(policy.delay(attempt))
+            request = await build()
+            request.extensions[DEADLINE_EXTENSION] = deadline
+            try:
+                response = await client.send_quick(request, stream=True, follow_redirects=follow_redirects)
+            except httpx.UnsupportedProtocol as exc:
+                raise Unreachable(f"{what}: {exc}") from None
+            except httpx.TransportError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                continue
+            except httpx.TooManyRedirects:
+                raise BadResponse(f"{what}: redirect loop (too many redirects)") from None
+            except httpx.HTTPError as exc:
+                raise BadResponse(f"{what}: {type(exc).__name__}: {exc}") from None
+            if response.status_code in RETRY_STATUSES:
+                failure = f"HTTP {response.status_code}"
+                await _close(response)
+                continue
+            if stream:
+                return response
+            limit = limits.max_listing_bytes if body_limit is None else body_limit
+            try:
+                await _read_capped(response, limit, deadline, lambda: limits.too_large(what))
+            except httpx.TransportError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                continue
+            except httpx.DecodingError:
+                coding = response.headers.get("content-encoding", "")
+                raise BadResponse(f"{what}: body cannot be decoded (Content-Encoding {coding!r})") from None
+            except httpx.HTTPError as exc:
+                raise BadResponse(f"{what}: {type(exc).__name__}: {exc}") from None
+            finally:
+                await _close(response)
             return response
-        failure = f"HTTP {response.status_code}"
-        await response.aclose()
+    if scope.cancelled_caught or deadline.passed:
+        raise limits.too_slow(what)
     raise Unreachable(f"{what}: {failure} (after {policy.attempts} attempts)")
+
+
+async def _close(response: httpx.Response) -> None:
+    # Also when the request's deadline has cancelled us: the connection must
+    # go back to the pool (or be closed) either way.
+    with trio.CancelScope(shield=True):
+        await response.aclose()
+
+
+async def read_error_body(response: httpx.Response, what: str) -> None:
+    """Read the error document of a streamed response into `response.content`,
+    within the request's deadline and at most MAX_ERROR_BODY bytes."""
+    deadline = response.request.extensions.get(DEADLINE_EXTENSION) or Deadline(math.inf)
+    with deadline.enforced() as scope:
+        try:
+            await _read_capped(response, MAX_ERROR_BODY, deadline,
+                               lambda: BadResponse(f"{what}: HTTP {response.status_code} with an endless body"))
+        except httpx.HTTPError as exc:
+            raise BadResponse(f"{what}: HTTP {response.status_code}, then {type(exc).__name__}: {exc}") from None
+    if scope.cancelled_caught:
+        raise Unreachable(f"{what}: HTTP {response.status_code}, and its body too slow")
+
+
+async def _read_capped(
+    response: httpx.Response,
+    limit: int,
+    deadline: Deadline,
+    too_large: Callable[[], BadResponse],
+) -> None:
+    """Read the body into `response.content`: at most `limit` bytes (as sent:
+    before any content decoding), each of which moves `deadline` on."""
+    response.stream = _CappedStream(response.stream, limit, deadline, too_large)
+    await response.aread()
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    """A body that raises `too_large()` past `limit` bytes, and earns time by
+    its bytes for `deadline`."""
+
+    def __init__(self, inner: Any, limit: int, deadline: Deadline,
+                 too_large: Callable[[], BadResponse]) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._deadline = deadline
+        self._too_large = too_large
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        received = 0
+        async for piece in self._inner:
+            received += len(piece)
+            if received > self._limit:
+                raise self._too_large()
+            self._deadline.earn(len(piece))
+            yield piece
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def check_range_answer(response: httpx.Response, url: str, start: int, end: int) -> int | None:
@@ -255,21 +391,36 @@ class ExactBody:
         self._chunks = response.aiter_raw()
         self._remaining = expected
         self._url = url
+        self._deadline: Deadline | None = response.request.extensions.get(DEADLINE_EXTENSION)
+        # Our transport checks the deadline on every socket read; httpx's
+        # transports do not, so their bodies are read under a cancel scope.
+        self._guard = self._deadline is not None and not response.extensions.get(DEADLINE_ENFORCED)
 
     def __aiter__(self) -> ExactBody:
         return self
 
     async def __anext__(self) -> bytes:
         try:
-            chunk = await self._chunks.__anext__()
+            if self._guard:
+                assert self._deadline is not None
+                with trio.fail_at(self._deadline.at):
+                    chunk = await self._chunks.__anext__()
+            else:
+                chunk = await self._chunks.__anext__()
+        except trio.TooSlowError:
+            raise Unreachable(f"{self._url}: body too slow (request deadline passed)") from None
         except StopAsyncIteration:
             if self._remaining:
                 raise BadResponse(f"{self._url}: body {self._remaining} bytes short") from None
             raise
         except httpx.TimeoutException as exc:
-            raise Unreachable(f"{self._url}: {type(exc).__name__} during body") from None
+            raise Unreachable(f"{self._url}: {type(exc).__name__} during body: {exc}") from None
         except httpx.TransportError as exc:
             raise BadResponse(f"{self._url}: body cut short: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise BadResponse(f"{self._url}: {type(exc).__name__} during body: {exc}") from None
+        if self._deadline is not None:
+            self._deadline.earn(len(chunk))
         self._remaining -= len(chunk)
         if self._remaining < 0:
             raise BadResponse(f"{self._url}: body longer than the requested range")

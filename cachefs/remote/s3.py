@@ -20,11 +20,13 @@ import httpx
 from .base import BadResponse, NotFound, RemoteEntry, RemoteError, VersionChanged
 from .httpcommon import (
     ClientOwner,
+    RequestLimits,
     RetryPolicy,
     check_range_answer,
     make_client,
     range_header,
     ranged_read,
+    read_error_body,
     send_with_retries,
 )
 from .listing import parse_http_date
@@ -59,7 +61,12 @@ class S3Remote(ClientOwner):
     """A read-only view of the keys under a bucket prefix."""
 
     def __init__(
-        self, location: S3Location, options: S3Options, *, proxy: str | None = None
+        self,
+        location: S3Location,
+        options: S3Options,
+        *,
+        proxy: str | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         session = make_session(options.profile)
         self._region = resolve_region(session, options.region)
@@ -76,7 +83,7 @@ class S3Remote(ClientOwner):
             if options.no_sign_request
             else SigV4Signer(session, self._region, location.uri)
         )
-        self._client = make_client(proxy)
+        self._client = make_client(proxy, request_limits=limits)
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------ listing
@@ -110,8 +117,11 @@ class S3Remote(ClientOwner):
         """Every page of the listing of `prefix`, following continuation tokens."""
         pages: list[ListPage] = []
         token: str | None = None
+        # The cap is on all pages together: they are all held until the end.
+        budget = self._client.request_limits.max_listing_bytes
         for _ in range(MAX_LIST_PAGES):
-            page = await self._list_page(prefix, token)
+            page, size = await self._sized_list_page(prefix, token, budget)
+            budget -= size
             pages.append(page)
             if page.next_token is None:
                 return pages
@@ -123,6 +133,12 @@ class S3Remote(ClientOwner):
     async def _list_page(
         self, prefix: str, token: str | None, max_keys: int | None = None
     ) -> ListPage:
+        return (await self._sized_list_page(prefix, token, None, max_keys))[0]
+
+    async def _sized_list_page(
+        self, prefix: str, token: str | None, budget: int | None, max_keys: int | None = None
+    ) -> tuple[ListPage, int]:
+        """One page of a listing, and the size of its body (at most `budget`)."""
         params = {"list-type": "2", "delimiter": DELIMITER, "encoding-type": "url"}
         if prefix:
             params["prefix"] = prefix
@@ -131,10 +147,10 @@ class S3Remote(ClientOwner):
         if max_keys is not None:
             params["max-keys"] = str(max_keys)
         url = self._urls.bucket_url(params)
-        response = await self._send("GET", url)
+        response = await self._send("GET", url, body_limit=budget)
         if response.status_code != httpx.codes.OK:
             raise self._error(response, f"list {prefix or '/'}")
-        return parse_list_page(response.content, url)
+        return parse_list_page(response.content, url), len(response.content)
 
     def _child_name(
         self, path: str, prefix: str, key: str, *, directory: bool = False
@@ -203,7 +219,7 @@ class S3Remote(ClientOwner):
         if version and status in (HTTP_PRECONDITION_FAILED, HTTP_RANGE_NOT_SATISFIABLE):
             raise VersionChanged(f"{url}: no longer version {version!r} (HTTP {status})")
         if status not in (httpx.codes.OK, httpx.codes.PARTIAL_CONTENT):
-            await response.aread()
+            await read_error_body(response, f"GET {path}")
             raise self._error(response, f"GET {path}")
         check_range_answer(response, url, start, end)
         # Stores that ignore If-Match still report the ETag they served.
@@ -229,6 +245,7 @@ class S3Remote(ClientOwner):
         *,
         headers: dict[str, str] | None = None,
         stream: bool = False,
+        body_limit: int | None = None,
     ) -> httpx.Response:
         # Signed again for every try: a retry gets a fresh date and, if they
         # were due for a refresh, fresh credentials.
@@ -243,6 +260,7 @@ class S3Remote(ClientOwner):
             RETRIES,
             what=f"{method} {url}",
             stream=stream,
+            body_limit=body_limit,
         )
 
     def _error(self, response: httpx.Response, what: str) -> RemoteError:

@@ -70,6 +70,13 @@ def _parse_time(text: str | None) -> float:
         return 0.0
 
 
+def _size(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
 def parse_list_page(body: bytes, url: str) -> ListPage:
     """The objects, prefixes and continuation of one ListObjectsV2 page."""
     try:
@@ -89,12 +96,15 @@ def parse_list_page(body: bytes, url: str) -> ListPage:
         if tag == "Contents":
             key = _child_text(element, "Key")
             size = _child_text(element, "Size") or ""
-            if key is None or not size.isdigit():
+            if key is None or not size.strip():
                 raise BadResponse(f"{url}: an entry without Key or Size")
             page.objects.append(
                 ListedObject(
                     key=decode(key),
-                    size=int(size),
+                    # A size no file can have (negative, huge, not a number)
+                    # is passed on as one: the filesystem skips that entry
+                    # with a warning rather than fail the whole listing.
+                    size=_size(size),
                     etag=normalize_etag(_child_text(element, "ETag") or ""),
                     mtime=_parse_time(_child_text(element, "LastModified")),
                 )

@@ -1,0 +1,130 @@
+"""Issue 14: an unexpected exception in one background fetch ends that fetch,
+never the daemon.
+
+Fetches and prefetches run in the cache's nursery, beside every other fetch;
+before, any exception but RemoteError and OSError escaped into that nursery
+and took the daemon with it. A remote that raises a plain bug (RuntimeError)
+for one path stands in for whatever may still slip through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from cachefs.cache import Cache
+from cachefs.fs.prefetch import Prefetcher
+from cachefs.remote import RemoteEntry, RemoteError
+
+GOOD = b"fine bytes\n" * 50
+
+
+class BuggyRemote:
+    """Serves GOOD for every path but "bad", where reading raises a bug."""
+
+    source = "buggy://test/"
+
+    async def list_dir(self, path: str) -> list[RemoteEntry]:
+        return []
+
+    async def stat(self, path: str) -> RemoteEntry:
+        return RemoteEntry(path, False, len(GOOD), 0.0, "v1")
+
+    @asynccontextmanager
+    async def read_range(self, path: str, start: int, end: int, version: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        if path == "bad":
+            raise RuntimeError("a bug in the remote layer")
+
+        async def body() -> AsyncIterator[bytes]:
+            yield GOOD[start:end]
+
+        yield body()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def read_whole(cache: Cache, key: str) -> bytes:
+    obj = await cache.acquire(key, "v1", len(GOOD), 0.0)
+    try:
+        return bytes(await cache.read(obj, 0, len(GOOD)))
+    finally:
+        cache.release(obj)
+
+
+def run_with_cache(tmp_path: Path, job) -> None:
+    async def main() -> None:
+        cache = Cache(tmp_path / "cache", BuggyRemote())
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(cache.run)
+                with trio.fail_after(30):
+                    await job(cache)
+                nursery.cancel_scope.cancel()
+        finally:
+            cache.close()
+
+    trio.run(main)
+
+
+def test_a_bug_in_one_fetch_fails_only_that_read(tmp_path: Path) -> None:
+    async def job(cache: Cache) -> None:
+        with pytest.raises(RemoteError, match="a bug in the remote layer"):
+            await read_whole(cache, "bad")
+        assert await read_whole(cache, "good") == GOOD
+
+    run_with_cache(tmp_path, job)
+
+
+def test_a_bug_in_a_prefetch_is_logged_and_survived(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def job(cache: Cache) -> None:
+        cache.prefetch("bad", "v1", len(GOOD), 0.0)  # nobody waits for this one
+        await trio.sleep(0.5)
+        assert await read_whole(cache, "good") == GOOD
+
+    run_with_cache(tmp_path, job)
+    assert "a bug in the remote layer" in caplog.text
+
+
+def test_a_bug_before_a_prefetch_starts_is_logged_and_survived(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def job(cache: Cache) -> None:
+        real_acquire = cache.acquire
+
+        async def broken_acquire(key: str, *args: object) -> object:
+            if key == "bad":
+                raise RuntimeError("a bug while opening the data file")
+            return await real_acquire(key, *args)
+
+        monkeypatch.setattr(cache, "acquire", broken_acquire)
+        cache.prefetch("bad", "v1", len(GOOD), 0.0)
+        await trio.sleep(0.5)
+        assert await read_whole(cache, "good") == GOOD
+
+    run_with_cache(tmp_path, job)
+    assert "a bug while opening the data file" in caplog.text
+
+
+class BuggyListings:
+    """Listings whose every look-up hits a bug."""
+
+    async def get(self, path: str) -> dict[str, RemoteEntry]:
+        raise RuntimeError("a bug in the listings")
+
+
+def test_a_bug_in_a_prefetch_job_fails_its_path_not_the_daemon(tmp_path: Path) -> None:
+    async def job(cache: Cache) -> None:
+        async with trio.open_nursery() as nursery:
+            prefetcher = Prefetcher(cache, BuggyListings(), nursery)  # type: ignore[arg-type]
+            started = prefetcher.start(["some/dir"])
+            await started.finished.wait()
+        failures = started.progress.failures
+        assert [f.path for f in failures] == ["some/dir"] and "internal error" in failures[0].error
+        assert await read_whole(cache, "good") == GOOD
+
+    run_with_cache(tmp_path, job)
