@@ -89,5 +89,8 @@ class PagePusher:
         except (RemoteError, OSError) as e:
             # Only an optimisation: the reader's own reads still work.
             log.debug("pushing %s at %d: %s", obj.key, start, e)
+        except Exception:
+            # A bug here must not end the daemon: the reads go on without it.
+            log.exception("pushing %s at %d failed", obj.key, start)
         finally:
             self._cache.release(obj)
