@@ -34,6 +34,9 @@ READ_BUFFER = MAX_PAGES * PAGE_SIZE + 64 * 1024
 MAX_BACKGROUND = 64
 CONGESTION_THRESHOLD = 48
 
+# No AUTO_INVAL_DATA: an inode is one object version, whose bytes never
+# change, so its page cache never goes stale; with it, every page-cache read
+# first checks the attributes (0.77x native reads/s from memory, 0.93x without).
 _WANTED_FLAGS = (
     InitFlag.ASYNC_READ
     | InitFlag.DO_READDIRPLUS
@@ -41,7 +44,6 @@ _WANTED_FLAGS = (
     | InitFlag.PARALLEL_DIROPS
     | InitFlag.MAX_PAGES
     | InitFlag.ASYNC_DIO
-    | InitFlag.AUTO_INVAL_DATA
     | InitFlag.INIT_EXT
     | InitFlag.DIRECT_IO_ALLOW_MMAP
 )
