@@ -262,7 +262,7 @@ class Cache:
         ident = (obj.key, obj.version)
         if self._objects.get(ident) is obj:
             del self._objects[ident]
-        log.info("%s changed on the remote while cached; dropping its cached part", obj.key)
+        log.info("%s changed on the remote; dropping what is cached of the old version", obj.key)
         done = trio.Event()
         previous = self._discarding.get(ident)
         self._discarding[ident] = done
@@ -278,16 +278,18 @@ class Cache:
                 await previous.wait()
             # Chunks queued before it went stale may be recording its row now.
             await self.journal.settle()
-            if obj.object_id is None:
-                # Nothing recorded; no new object of this ident exists yet.
-                obj.path.unlink(missing_ok=True)
-            else:
+            if obj.object_id is not None:
                 row = self.db.find_object(obj.key, obj.version)
                 if row is not None and row.id == obj.object_id:
                     await self.evictor.drop(row)
         except OSError as e:
             log.error("could not drop the stale cached part of %s: %s", obj.key, e)
         finally:
+            if obj.object_id is None:
+                # Nothing of it is recorded (the journal skips stale objects),
+                # so its file goes, even when the daemon is stopping; no new
+                # object of this ident exists while it is being discarded.
+                obj.path.unlink(missing_ok=True)
             if self._discarding.get(ident) is done:
                 del self._discarding[ident]
             done.set()
