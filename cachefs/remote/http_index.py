@@ -3,6 +3,11 @@
 Directories are read from the server's index pages (see `listing`), objects
 are described by HEAD and read with single-range GETs. Works with nginx
 autoindex (HTML or JSON) and Apache mod_autoindex, through an optional proxy.
+
+A cached object's bytes all come from one version: the first GET pins the
+strongest validator the server gives (ETag, else Last-Modified to the
+second), later GETs ask for it (If-Match, or If-Range for a date) and are
+refused if they answer another validator or another total size.
 """
 
 from __future__ import annotations
@@ -62,9 +67,10 @@ def make_version(size: int, mtime: float) -> str:
 
     nginx's HTML index shows times to the minute only, and list_dir must give
     the same version as stat (which sees Last-Modified to the second), so the
-    version keeps only the minute. The ETag would be sharper, but no index
-    page shows it. The cost: a rewrite that keeps the size and lands in the
-    same minute goes unnoticed.
+    version keeps only the minute. No index page shows the ETag, so a rewrite
+    that keeps the size and lands in the same minute keeps the version: what
+    tells it is the Pin (base.py), the validator of the first answer, which
+    every later ranged GET of the cached object must carry.
     """
     return f"{size}-{int(mtime) // SECONDS_PER_MINUTE}"
 
