@@ -198,3 +198,25 @@ def test_cache_from_before_validators(mount: Mounter, tmp_path: Path) -> None:
         server.put(NAME, new, MTIME, '"v1"')
         mp = mount(server.url, cache)
         assert read_whole(mp / NAME) == new
+
+
+def test_pin_survives_a_remount(mount: Mounter, tmp_path: Path) -> None:
+    """Chunks cached by one daemon bind the next: after a remount, the rest
+    of a partly cached object must still come from the version cached."""
+    old, new = versions(9)
+    with VersionServer(ServerConfig(honour_preconditions=False)) as server:
+        server.put(NAME, old, MTIME, '"v0"')
+        cache = tmp_path / "cache"
+        mp = mount(server.url, cache)
+        fd = os.open(mp / NAME, os.O_RDONLY)
+        try:
+            assert pread(fd, BLOCK, 2 * CHUNK) == old[2 * CHUNK:2 * CHUNK + BLOCK]
+        finally:
+            os.close(fd)
+        mount.umount(mp)
+        mount.cleanup(mp)
+        server.put(NAME, new, MTIME, '"v1"')
+        mp = mount(server.url, cache, "--metadata-ttl", "3600")
+        first = read_whole(mp / NAME)
+        assert first in (new, errno.EIO, errno.ESTALE), "the cached chunk was mixed with the new version"
+        assert read_whole(mp / NAME) == new

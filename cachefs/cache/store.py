@@ -143,7 +143,9 @@ class Cache:
         """The cached object for this version, opened; pair with `release`."""
         ident = (key, version)
         while (obj := self._objects.get(ident)) is None:
-            busy = self.evictor.evicting.get(ident) or self._discarding.get(ident)
+            busy = self.evictor.evicting.get(ident)
+            if busy is None:
+                busy = self._discarding.get(ident)
             if busy is None:
                 obj = self._objects[ident] = self._load(key, version, size, mtime)
                 break
