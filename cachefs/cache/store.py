@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import trio
@@ -284,14 +285,19 @@ class Cache:
                 row = self.db.find_object(obj.key, obj.version)
                 if row is not None and row.id == obj.object_id:
                     await self.evictor.drop(row)
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
+            # Kept, the record still holds one version only: a later fetch of
+            # another fails and discards it again.
             log.error("could not drop the stale cached part of %s: %s", obj.key, e)
         finally:
             if obj.object_id is None:
                 # Nothing of it is recorded (the journal skips stale objects),
                 # so its file goes, even when the daemon is stopping; no new
                 # object of this ident exists while it is being discarded.
-                obj.path.unlink(missing_ok=True)
+                try:
+                    obj.path.unlink(missing_ok=True)
+                except OSError as e:
+                    log.error("could not remove %s: %s", obj.path, e)
             if self._discarding.get(ident) is done:
                 del self._discarding[ident]
             done.set()
