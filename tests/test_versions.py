@@ -22,6 +22,8 @@ import errno
 import os
 import random
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,54 @@ def test_nginx_rewrite_same_size_same_minute(mount: Mounter, tmp_path: Path) -> 
         mp = mount(store.html_url, cache, "--metadata-ttl", "3600")
         change_mid_read(mp, old, new, replace)
         assert_cache_holds_no_mix(cache, store.html_url, mount, mp)
+
+
+def test_nginx_limit_rate_rewrite_during_sequential_read(mount: Mounter, tmp_path: Path) -> None:
+    """The issue's own run, scaled down: a cold sequential read from nginx
+    with `limit_rate`, the file replaced (same size, same minute) while
+    chunks are still coming. What the reader got must be a prefix of one
+    version: then the end of the file, or an error."""
+    size = 6 * CHUNK + 1000
+    old, new = versions(10, size)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / NAME).write_bytes(old)
+    os.utime(root / NAME, (MTIME, MTIME))
+    # 4 MiB/s a connection: each chunk takes 2 s, and the read-ahead (4
+    # chunks) cannot have asked for the sixth before the replacement.
+    with NginxStore(root, tmp_path / "nginx", slow_rate=4 * 1024 * 1024) as store:
+        cache = tmp_path / "cache"
+        mp = mount(store.slow_url, cache, "--metadata-ttl", "3600")
+        got = bytearray()
+        failure: list[int] = []
+
+        def reader() -> None:
+            with open(mp / NAME, "rb", buffering=0) as f:
+                while True:
+                    try:
+                        piece = f.read(1024 * 1024)
+                    except OSError as e:
+                        failure.append(e.errno)
+                        return
+                    if not piece:
+                        return
+                    got.extend(piece)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        time.sleep(1.0)
+        tmp = root / ".t"
+        tmp.write_bytes(new)
+        os.utime(tmp, (MTIME + 4, MTIME + 4))
+        os.rename(tmp, root / NAME)
+        thread.join(120)
+        assert not thread.is_alive()
+        assert bytes(got) == old[:len(got)], (
+            f"read {len(got)} bytes, not all of the old version (ending {failure})")
+        assert failure == [errno.EIO] or len(got) == size, (len(got), failure)
+        assert read_whole(mp / NAME) in (new, errno.EIO, errno.ESTALE)
+        assert read_whole(mp / NAME) == new
+        assert_cache_holds_no_mix(cache, store.slow_url, mount, mp)
 
 
 @pytest.mark.parametrize("honour", [True, False], ids=["preconditions", "no-preconditions"])
