@@ -173,6 +173,17 @@ def test_etag_changes_last_modified_does_not(mount: Mounter, tmp_path: Path, hon
         assert gets[1]["if-match"] == '"v0"', gets[1]
 
 
+def test_weak_etags(mount: Mounter, tmp_path: Path) -> None:
+    """A weak ETag cannot go in If-Match (a server compares strongly and
+    would refuse every read); it is compared, and its change still tells."""
+    old, new = versions(11)
+    with VersionServer() as server:
+        server.put(NAME, old, MTIME, 'W/"v0"')
+        mp = mount(server.url, tmp_path / "cache", "--metadata-ttl", "3600")
+        change_mid_read(mp, old, new, lambda: server.put(NAME, new, MTIME, 'W/"v1"'))
+        assert not any("if-match" in h for h in server.ranged_gets(NAME))
+
+
 @pytest.mark.parametrize("honour", [True, False], ids=["preconditions", "no-preconditions"])
 def test_last_modified_only_changes_within_its_minute(mount: Mounter, tmp_path: Path, honour: bool) -> None:
     """`python3 -m http.server` style: Last-Modified, no ETag."""

@@ -120,13 +120,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = version.data
         if config.honour_preconditions:
             if_match = headers.get("if-match")
-            if if_match is not None and if_match != validators.get("ETag"):
+            etag = validators.get("ETag", "")
+            # Strong comparison (RFC 9110 13.1.1): a weak ETag never matches.
+            if if_match is not None and (if_match != etag or etag.startswith("W/")):
                 self._send(412, {}, b"precondition failed\n", head)
                 return
         wanted = _RANGE.match(headers.get("range", ""))
         if_range = headers.get("if-range")
+        strong_etag = validators.get("ETag") if not validators.get("ETag", "").startswith("W/") else None
         if wanted and config.honour_preconditions and if_range is not None and if_range not in (
-                validators.get("ETag"), validators.get("Last-Modified")):
+                strong_etag, validators.get("Last-Modified")):
             wanted = None  # the whole object, as RFC 9110 13.1.5 says
         if not wanted:
             self._send(200, validators, data, head)
