@@ -234,10 +234,13 @@ def test_cache_from_before_validators(mount: Mounter, tmp_path: Path) -> None:
     cachefs) cannot tell which version it holds: it is fetched again, never
     completed with another version's chunks."""
     old, new = versions(7)
+    small = versions(12, 5000)[0]
     with VersionServer() as server:
         server.put(NAME, old, MTIME, '"v0"')
+        server.put("small.bin", small, MTIME, '"s0"')
         cache = tmp_path / "cache"
         mp = mount(server.url, cache)
+        assert read_whole(mp / "small.bin") == small
         fd = os.open(mp / NAME, os.O_RDONLY)
         try:
             assert pread(fd, BLOCK, 2 * CHUNK) == old[2 * CHUNK:2 * CHUNK + BLOCK]
@@ -247,7 +250,7 @@ def test_cache_from_before_validators(mount: Mounter, tmp_path: Path) -> None:
         mount.cleanup(mp)
         db = sqlite3.connect(only_folder(cache) / "state.db")
         with db:
-            assert db.execute("SELECT COUNT(*) FROM chunks").fetchone() == (1,)
+            assert db.execute("SELECT COUNT(*) FROM chunks").fetchone() == (2,)
             if "validator" in {c[1] for c in db.execute("PRAGMA table_info(objects)")}:
                 db.execute("UPDATE objects SET validator = NULL")
         db.close()
@@ -255,6 +258,10 @@ def test_cache_from_before_validators(mount: Mounter, tmp_path: Path) -> None:
         server.put(NAME, new, MTIME, '"v1"')
         mp = mount(server.url, cache)
         assert read_whole(mp / NAME) == new
+        # A complete one needs no fetch that could mix it: served as cached.
+        gets = len(server.ranged_gets("small.bin"))
+        assert read_whole(mp / "small.bin") == small
+        assert len(server.ranged_gets("small.bin")) == gets
 
 
 def test_pin_survives_a_remount(mount: Mounter, tmp_path: Path) -> None:

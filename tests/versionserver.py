@@ -40,12 +40,14 @@ class ServerConfig:
 
 
 class VersionServer:
-    def __init__(self, config: ServerConfig | None = None) -> None:
+    def __init__(self, config: ServerConfig | None = None, *, port: int = 0) -> None:
+        """`port` 0 picks a free one; a fixed port keeps the source (and so the
+        cache folder) the same across servers."""
         self.config = config or ServerConfig()
         self.objects: dict[str, Version] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers
         self.lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.owner = self
         self._thread: threading.Thread | None = None
 
