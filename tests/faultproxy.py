@@ -15,6 +15,13 @@ and how:
 | status_5xx | a burst of 1-4 consecutive 500/503 answers (each answer is counted) | GET, HEAD |
 | wrong_range | another range than the one asked for: shifted bytes under their true Content-Range, a wrong total in Content-Range, or a 200 with the whole object | ranged GET |
 | version_change | Last-Modified an hour later, another ETag, and different bytes (each byte inverted), as if the object was rewritten between two chunk requests | ranged GET |
+| same_minute | new bytes (inverted) of the same size, Last-Modified a few seconds off within the same minute, and the ETag nginx would give that time: `cp v1 .t && mv .t file` within a minute, on a server that ignores If-Match/If-Range | ranged GET pinned by If-Match or If-Range |
+| etag_only | new bytes (inverted) and another ETag, the same Last-Modified, on a server that ignores If-Match/If-Range | ranged GET pinned by If-Match or If-Range |
+
+The last two are injected only into requests whose If-Match or If-Range
+shows the client already took bytes of a version: without it a
+same-minute, same-size change looks like the object's first version, and
+no client could tell.
 
 Every fault is one a correct client can detect: none of them hands over
 wrong bytes under headers that claim them right (that would be undetectable
@@ -48,7 +55,10 @@ HOP_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authorization",
     "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
 })
-KINDS = ("reset", "cut_short", "short_length", "stall", "status_5xx", "wrong_range", "version_change")
+KINDS = ("reset", "cut_short", "short_length", "stall", "status_5xx", "wrong_range", "version_change",
+         "same_minute", "etag_only")
+# Kinds that change the object under a client that pinned its version.
+PINNED_KINDS = frozenset({"same_minute", "etag_only"})
 # Default probabilities per eligible request (their sum is the chance that a
 # request is broken at all). Stalls are rare and capped: each costs the
 # client's whole read timeout.
@@ -60,6 +70,8 @@ DEFAULT_RATES = {
     "status_5xx": 0.06,
     "wrong_range": 0.06,
     "version_change": 0.06,
+    "same_minute": 0.05,
+    "etag_only": 0.05,
 }
 BURST_MAX = 4
 VERSION_SHIFT_S = 3600
@@ -139,7 +151,7 @@ class FaultProxy:
 
     # -- decisions (under the lock: handler threads share the RNG) --
 
-    def _decide(self, method: str, ranged: bool) -> tuple[str | None, random.Random]:
+    def _decide(self, method: str, ranged: bool, pinned: bool = False) -> tuple[str | None, random.Random]:
         """The fault for one request, and a private RNG seeded from the shared one."""
         with self._lock:
             self.requests += 1
@@ -154,6 +166,8 @@ class FaultProxy:
                 "reset", "cut_short", "stall", "status_5xx"}
             if method == "GET" and ranged:
                 eligible |= {"short_length", "wrong_range", "version_change"}
+                if pinned:
+                    eligible |= PINNED_KINDS
             if self.counts["stall"] >= self.config.max_stalls:
                 eligible.discard("stall")
             roll = self._rng.random()
@@ -218,8 +232,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if target.scheme != "http" or target.hostname not in LOOPBACK_HOSTS:
             self._plain(502, b"faultproxy forwards to loopback http only\n")
             return
-        ranged = "range" in {k.lower() for k in self.headers}
-        kind, rng = proxy._decide(method, ranged)
+        names = {k.lower() for k in self.headers}
+        kind, rng = proxy._decide(method, "range" in names, bool(names & {"if-match", "if-range"}))
         try:
             if kind == "status_5xx":
                 self._plain(rng.choice((500, 503)), b"injected failure\n")
@@ -254,6 +268,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         headers["Connection"] = "close"
         asked = _parse_range(headers.get("Range") or headers.get("range"))
+        if kind in PINNED_KINDS:
+            # A server that ignores preconditions: the change shows only
+            # in the answer's validators.
+            headers = {k: v for k, v in headers.items() if k.lower() not in ("if-match", "if-range")}
         extra_headers: dict[str, str] = {}
         transform = None
         if kind == "wrong_range" and asked is not None:
@@ -292,6 +310,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 when = email.utils.parsedate_to_datetime(lm).timestamp() if lm else time.time()
                 out_headers.append(("Last-Modified", email.utils.formatdate(when + VERSION_SHIFT_S, usegmt=True)))
                 out_headers.append(("ETag", f'"changed-{rng.getrandbits(32):08x}"'))
+                transform = _invert
+            if kind in PINNED_KINDS and status == 206:
+                out_headers, variant = _rewritten(kind, out_headers, rng)
+                proxy._detail(f"{kind}/{variant}")
                 transform = _invert
             cut = None
             if kind in ("reset", "cut_short", "short_length", "stall") and method == "GET":
@@ -337,6 +359,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
         raise _Aborted
+
+
+def _rewritten(kind: str, headers: list[tuple[str, str]], rng: random.Random) -> tuple[list[tuple[str, str]], str]:
+    """The headers of a same-size rewrite of the object: `same_minute` moves
+    Last-Modified within its minute (and the ETag with it, as nginx makes it
+    from mtime and size); `etag_only` changes just the ETag."""
+    found = {k.lower(): v for k, v in headers}
+    lm = found.get("last-modified")
+    etag = found.get("etag")
+    kept = [(k, v) for k, v in headers if k.lower() not in ("last-modified", "etag")]
+    total = found.get("content-range", "").rpartition("/")[2]
+    if kind == "etag_only":
+        if lm:
+            kept.append(("Last-Modified", lm))
+        kept.append(("ETag", f'"rewritten-{rng.getrandbits(32):08x}"'))
+        return kept, "etag" if etag else "etag-added"
+    when = int(email.utils.parsedate_to_datetime(lm).timestamp()) if lm else int(time.time())
+    second = when % 60
+    # Another second of the same minute.
+    moved = when - second + rng.choice([s for s in range(60) if s != second])
+    kept.append(("Last-Modified", email.utils.formatdate(moved, usegmt=True)))
+    if etag or not lm:
+        size = int(total) if total.isdigit() else 0
+        kept.append(("ETag", f'"{moved:x}-{size:x}"'))
+    return kept, "lm-and-etag" if etag else "lm"
 
 
 def _pieces(resp: http.client.HTTPResponse):

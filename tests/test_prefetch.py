@@ -178,7 +178,8 @@ def requested_span(entry: AccessLogEntry, size: int) -> tuple[int, int]:
     if entry.range is None:
         return 0, size
     first, _, last = entry.range.removeprefix("bytes=").partition("-")
-    return int(first), int(last) + 1
+    # Servers clamp a range to the file's end (cachefs asks one byte past it).
+    return int(first), min(int(last) + 1, size)
 
 
 def delivered(entries: Iterable[AccessLogEntry], size: int) -> tuple[list[tuple[int, int]], list[AccessLogEntry]]:

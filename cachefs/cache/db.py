@@ -42,6 +42,9 @@ class ObjectRow:
     data_name: str
     bytes_cached: int
     complete: bool
+    # The remote validator its chunks were fetched under; None: not known
+    # (recorded by a version of cachefs that did not keep it).
+    validator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,11 @@ class ChunkRecord:
     nchunks: int  # chunks in the whole object
 
 
-_OBJECT_COLUMNS = "id, key, version, size, mtime, chunk_size, data_name, bytes_cached, complete"
+_OBJECT_COLUMNS = "id, key, version, size, mtime, chunk_size, data_name, bytes_cached, complete, validator"
 
 
 def _object_row(row: tuple) -> ObjectRow:
-    return ObjectRow(*row[:8], complete=bool(row[8]))
+    return ObjectRow(*row[:8], complete=bool(row[8]), validator=row[9])
 
 
 def _connect(path: Path, *, check_same_thread: bool) -> Database:
@@ -149,15 +152,23 @@ class CacheDB:
 
     @staticmethod
     def insert_object(
-        db: Database, key: str, version: str, size: int, mtime: float, chunk_size: int, data_name: str
+        db: Database, key: str, version: str, size: int, mtime: float, chunk_size: int, data_name: str,
+        validator: str | None = None,
     ) -> int:
         """Add an object row; call through `write`. Returns its id."""
         cur = db.conn.execute(
-            "INSERT INTO objects (key, version, size, mtime, chunk_size, data_name, last_access)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, version, size, mtime, chunk_size, data_name, time.time()),
+            "INSERT INTO objects (key, version, size, mtime, chunk_size, data_name, last_access, validator)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, version, size, mtime, chunk_size, data_name, time.time(), validator),
         )
         return int(cur.lastrowid)
+
+    @staticmethod
+    def set_validator(db: Database, object_id: int, validator: str) -> None:
+        """Record the validator an object's chunks are pinned to; call through `write`."""
+        db.conn.execute(
+            "UPDATE objects SET validator = ? WHERE id = ? AND validator IS NOT ?", (validator, object_id, validator)
+        )
 
     async def forget_chunks(self, object_id: int) -> None:
         """The data file no longer backs what was recorded: start over."""
@@ -165,7 +176,7 @@ class CacheDB:
         def forget(db: Database) -> None:
             db.conn.execute("DELETE FROM chunks WHERE object_id = ?", (object_id,))
             db.conn.execute(
-                "UPDATE objects SET bytes_cached = 0, complete = 0 WHERE id = ?", (object_id,)
+                "UPDATE objects SET bytes_cached = 0, complete = 0, validator = NULL WHERE id = ?", (object_id,)
             )
 
         await self.write(forget)

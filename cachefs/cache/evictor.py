@@ -171,6 +171,12 @@ class Evictor:
                     result.files += 1
         return result
 
+    async def drop(self, row: ObjectRow) -> int:
+        """Evict one object whatever the limits say (its remote version is
+        gone); returns the bytes freed."""
+        async with self._lock:
+            return await self._drop(row)
+
     async def _drop(self, row: ObjectRow) -> int:
         ident = (row.key, row.version)
         done = self.evicting[ident] = trio.Event()

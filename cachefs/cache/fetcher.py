@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from cachefs.remote import Remote, RemoteError
-from cachefs.remote.base import BadResponse, Unreachable
+from cachefs.remote.base import BadResponse, Unreachable, VersionChanged
 
 from .evictor import Evictor
 from .journal import Journal
@@ -50,12 +50,15 @@ class ChunkFetcher:
         evictor: Evictor,
         nursery: trio.Nursery,
         release: Callable[[CachedObject], None],
+        discard: Callable[[CachedObject], None] | None = None,
     ) -> None:
+        """`discard` is told of an object whose remote version changed."""
         self._remote = remote
         self._journal = journal
         self._evictor = evictor
         self._nursery = nursery
         self._release = release
+        self._discard = discard
         self._slots = FetchSlots(MAX_INFLIGHT, SLOT_CAPS)
         self.bytes_fetched = 0
 
@@ -121,6 +124,10 @@ class ChunkFetcher:
             if streamed:
                 obj.streamed.add(idx)
             self._journal.add(obj, idx, uncache=streamed)
+        except VersionChanged as e:
+            error = e
+            if self._discard is not None:
+                self._discard(obj)
         except RemoteError as e:
             if fetch.ahead and not isinstance(e, Unreachable):
                 # Nobody waits for it, so nobody else reports it; offline
@@ -158,7 +165,7 @@ class ChunkFetcher:
         batched = 0
         # The first bytes go out at once: a reader may be waiting for them.
         threshold = FIRST_WRITE
-        async with self._remote.read_range(obj.key, start, end, obj.version) as body:
+        async with self._remote.read_range(obj.key, start, end, obj.version, obj.pin) as body:
             async for piece in body:
                 batch.append(piece)
                 batched += len(piece)

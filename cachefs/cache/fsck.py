@@ -100,6 +100,7 @@ class _Row:
     bytes_cached: int
     complete: bool
     chunks: set[int] = field(default_factory=set)
+    validator: str | None = None  # see migrations/m003_validators.py
 
     @property
     def nchunks(self) -> int:
@@ -176,10 +177,14 @@ def _load(folder: Path) -> dict[int, _Row]:
         (verdict,) = conn.execute("PRAGMA quick_check").fetchone()
         if verdict != "ok":
             raise sqlite3.DatabaseError(verdict)
+        # A cache no daemon of this version has opened yet has no validators.
+        columns = {c[1] for c in conn.execute("PRAGMA table_info(objects)")}
+        validator = "validator" if "validator" in columns else "NULL"
         rows = {
-            r[0]: _Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+            r[0]: _Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), validator=r[8])
             for r in conn.execute(
-                "SELECT id, key, version, size, chunk_size, data_name, bytes_cached, complete FROM objects")
+                "SELECT id, key, version, size, chunk_size, data_name, bytes_cached, complete,"
+                f" {validator} FROM objects")
         }
         for object_id, idx in conn.execute("SELECT object_id, idx FROM chunks"):
             if object_id in rows:  # foreign keys make any other impossible

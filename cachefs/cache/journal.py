@@ -180,15 +180,24 @@ class Journal:
         """On the writer thread, in one transaction: rows for new objects, then
         chunks. Returns the ids of the new object rows."""
         new_ids: dict[CachedObject, int] = {}
+        pinned: set[CachedObject] = set()
         records = []
         for obj, idx, _ in batch:
+            if obj.stale:
+                # The remote changed under it; Cache.discard drops what it has.
+                continue
+            validator = obj.pin.validator if obj.pin is not None else None
             # Objects get their row at their first flush, not at open, so a
             # cold open costs no database write.
             object_id = obj.object_id or new_ids.get(obj)
             if object_id is None:
                 object_id = new_ids[obj] = CacheDB.insert_object(
-                    db, obj.key, obj.version, obj.size, obj.mtime, obj.chunk_size, obj.path.name
+                    db, obj.key, obj.version, obj.size, obj.mtime, obj.chunk_size, obj.path.name, validator
                 )
+            elif obj not in pinned and validator is not None and obj not in new_ids:
+                # A row whose chunks were all forgotten, fetched again under a new pin.
+                CacheDB.set_validator(db, object_id, validator)
+            pinned.add(obj)
             start, end = obj.chunk_span(idx)
             records.append(ChunkRecord(object_id, idx, end - start, obj.nchunks))
         CacheDB.record_chunks(db, records)

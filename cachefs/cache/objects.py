@@ -15,6 +15,8 @@ from pathlib import Path
 
 import trio
 
+from cachefs.remote import Pin
+
 from .slots import Ticket
 
 # Reads up to this size are done inline whether or not the page cache has
@@ -97,6 +99,16 @@ class CachedObject:
     # Open handles, running fetches and unflushed chunks each hold a use;
     # the data file is closed when the last one goes.
     uses: int = 0
+    # The remote version every byte of the data file comes from; its
+    # validator is set by the first answer when the file holds nothing yet.
+    pin: Pin | None = None
+    # The remote changed under it: no longer found by new opens, and its
+    # record and file are being dropped (Cache.discard).
+    stale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pin is None:
+            self.pin = Pin(self.size)
 
     @property
     def nchunks(self) -> int:

@@ -16,11 +16,12 @@ import hashlib
 import logging
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import trio
 
-from cachefs.remote import Remote
+from cachefs.remote import Pin, Remote
 
 from .db import CacheDB, ObjectRow
 from .evictor import EvictResult, Evictor
@@ -94,6 +95,9 @@ class Cache:
         self.chunk_size = chunk_size
         self._objects: dict[tuple[str, str], CachedObject] = {}
         self._forgetting: set[int] = set()  # object ids whose chunk rows are being deleted
+        # Object versions being dropped because the remote changed under
+        # them (discard); opens of the same (key, version) wait for it.
+        self._discarding: dict[tuple[str, str], trio.Event] = {}
         self.journal = Journal(self.db, self.release)
         self.evictor = Evictor(self.db, self._data_path, self._in_use, cap_bytes, min_free_bytes, self._settle)
         self._fetcher: ChunkFetcher | None = None
@@ -113,7 +117,8 @@ class Cache:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._fetcher = ChunkFetcher(self.remote, self.journal, self.evictor, nursery, self.release)
+                self._fetcher = ChunkFetcher(
+                    self.remote, self.journal, self.evictor, nursery, self.release, self.discard)
                 nursery.start_soon(self.journal.run)
                 nursery.start_soon(self.evictor.run)
                 task_status.started()
@@ -139,11 +144,13 @@ class Cache:
         """The cached object for this version, opened; pair with `release`."""
         ident = (key, version)
         while (obj := self._objects.get(ident)) is None:
-            evicting = self.evictor.evicting.get(ident)
-            if evicting is None:
+            busy = self.evictor.evicting.get(ident)
+            if busy is None:
+                busy = self._discarding.get(ident)
+            if busy is None:
                 obj = self._objects[ident] = self._load(key, version, size, mtime)
                 break
-            await evicting.wait()  # then look again
+            await busy.wait()  # then look again
         obj.uses += 1
         self.journal.opened(obj)
         return obj
@@ -154,7 +161,7 @@ class Cache:
         ident = (key, version)
         obj = self._objects.get(ident)
         if obj is None:
-            if ident in self.evictor.evicting:
+            if ident in self.evictor.evicting or ident in self._discarding:
                 return None
             row = self.db.find_object(key, version)
             if row is None or not row.complete:
@@ -202,6 +209,8 @@ class Cache:
         obj.uses -= 1
         if obj.uses == 0:
             obj.close()
+            if obj.stale:
+                return  # discard took it out and removes its record and file
             del self._objects[(obj.key, obj.version)]
             self.evictor.closed()
             if obj.object_id is None:
@@ -227,18 +236,79 @@ class Cache:
         present: set[int] = set()
         if row is not None and row.id not in self._forgetting:
             present = self.db.chunks_of(row.id)
+            why = ""
             if present and found_size != size:
+                why = "data file of %s had the wrong size; fetching it again"
+            elif present and row.validator is None and not row.complete:
+                # Recorded before validators were kept: the rest could only be
+                # fetched without knowing which version the chunks held are of.
+                why = "cached part of %s has no recorded version; fetching it again"
+            if why:
                 # The file no longer matches what was recorded: trust neither.
-                log.warning("data file of %s had the wrong size; fetching it again", key)
+                log.warning(why, key)
                 present = set()
                 self._forgetting.add(row.id)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._forget_chunks, row.id)
         chunk_size = row.chunk_size if row else self.chunk_size
+        # Only chunks held bind the version later chunks must be of.
+        pin = Pin(size, row.validator if row is not None and present else None)
         return CachedObject(
             key=key, version=version, size=size, mtime=mtime, chunk_size=chunk_size,
-            path=path, fd=fd, object_id=row.id if row else None, present=present,
+            path=path, fd=fd, object_id=row.id if row else None, present=present, pin=pin,
         )
+
+    def discard(self, obj: CachedObject) -> None:
+        """The remote no longer has the version `obj` holds (a fetch found
+        another): take it away from new opens, and drop its record and data
+        file, so that the next open starts a new version from nothing.
+
+        Handles already open keep reading the chunks it has, all of the one
+        version pinned; a fetch for them of another version fails.
+        """
+        if obj.stale:
+            return
+        obj.stale = True
+        ident = (obj.key, obj.version)
+        if self._objects.get(ident) is obj:
+            del self._objects[ident]
+        log.info("%s changed on the remote; dropping what is cached of the old version", obj.key)
+        done = trio.Event()
+        previous = self._discarding.get(ident)
+        self._discarding[ident] = done
+        obj.uses += 1  # keeps its file open until it is dropped
+        assert self._nursery is not None
+        self._nursery.start_soon(self._drop_stale, obj, ident, done, previous)
+
+    async def _drop_stale(
+        self, obj: CachedObject, ident: tuple[str, str], done: trio.Event, previous: trio.Event | None
+    ) -> None:
+        try:
+            if previous is not None:
+                await previous.wait()
+            # Chunks queued before it went stale may be recording its row now.
+            await self.journal.settle()
+            if obj.object_id is not None:
+                row = self.db.find_object(obj.key, obj.version)
+                if row is not None and row.id == obj.object_id:
+                    await self.evictor.drop(row)
+        except (OSError, sqlite3.Error) as e:
+            # Kept, the record still holds one version only: a later fetch of
+            # another fails and discards it again.
+            log.error("could not drop the stale cached part of %s: %s", obj.key, e)
+        finally:
+            if obj.object_id is None:
+                # Nothing of it is recorded (the journal skips stale objects),
+                # so its file goes, even when the daemon is stopping; no new
+                # object of this ident exists while it is being discarded.
+                try:
+                    obj.path.unlink(missing_ok=True)
+                except OSError as e:
+                    log.error("could not remove %s: %s", obj.path, e)
+            if self._discarding.get(ident) is done:
+                del self._discarding[ident]
+            done.set()
+            self.release(obj)
 
     async def _forget_chunks(self, object_id: int) -> None:
         # Until the rows are gone, a new load must not trust them: the file

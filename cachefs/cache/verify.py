@@ -17,6 +17,7 @@ import trio
 
 from cachefs.remote import (
     NotFound,
+    Pin,
     Remote,
     RemoteError,
     Unreachable,
@@ -70,12 +71,15 @@ async def _verify_row(remote: Remote, folder: Path, row: _Row, report: FolderRep
             **where))
         return
     path = data_path(folder, row.data_name)
+    # Every chunk must come from the version the cache recorded (or, for an
+    # old row without one, from one version).
+    pin = Pin(row.size, row.validator)
     corrupt = []
     for idx in sorted(i for i in row.chunks if 0 <= i < row.nchunks):
         start, end = row.span(idx)
         digest = hashlib.sha256()
         try:
-            async with remote.read_range(row.key, start, end, row.version) as pieces:
+            async with remote.read_range(row.key, start, end, row.version, pin) as pieces:
                 async for piece in pieces:
                     digest.update(piece)
         except VersionChanged as e:

@@ -25,7 +25,7 @@ from cachefs.cache.evictor import EvictResult
 from cachefs.kernel.ops import Connection, DirEntry, Entry, FuseError, Opened, StatFs
 from cachefs.kernel.passthrough import BackingError, BackingFiles
 from cachefs.kernel.wire import ROOT_ID, Attr, DirentType
-from cachefs.remote import NotFound, RemoteEntry, RemoteError
+from cachefs.remote import NotFound, RemoteEntry, RemoteError, VersionChanged
 
 from .dirahead import DirectoryReadahead
 from .inodes import Inode, InodeTable, child_path, split_path
@@ -190,6 +190,7 @@ class Filesystem:
         except RemoteError as e:
             log.warning("opening %r: %s", inode.path, e)
             self.cache.release(obj)
+            self._note_changed(inode, e)
             raise FuseError(e.errno) from e
         except OSError as e:
             # Logged where it happened (the fetcher); the disk is full or failing.
@@ -213,7 +214,13 @@ class Filesystem:
         return Opened(fh, mode.open_flags, inode.backing_id if mode is HandleMode.PASSTHROUGH else 0)
 
     def _needs_revalidation(self, inode: Inode) -> bool:
-        return time.time() - inode.validated_at >= self.ttl
+        return inode.changed or time.time() - inode.validated_at >= self.ttl
+
+    @staticmethod
+    def _note_changed(inode: Inode, error: RemoteError) -> None:
+        """After a version change the next open asks the remote what is there now."""
+        if isinstance(error, VersionChanged):
+            inode.changed = True
 
     async def _revalidate(self, inode: Inode) -> None:
         """After the TTL, check with the remote that `inode`'s version is current.
@@ -227,7 +234,7 @@ class Filesystem:
             return
         now = time.time()
         directory, name = split_path(inode.path)
-        listing = self.listings.fresh(directory)
+        listing = None if inode.changed else self.listings.fresh(directory)
         current = listing.entries.get(name) if listing is not None else None
         if current is None or current.version != inode.version:
             try:
@@ -239,7 +246,9 @@ class Filesystem:
                 log.debug("cannot revalidate %r: %s", inode.path, e)
                 return
         if current is not None and current.version == inode.version:
+            # Even after a change: the next open starts a new cached version.
             inode.validated_at = now
+            inode.changed = False
             return
         log.info("%r changed on the remote; new opens get the new version", inode.path)
         await self.listings.update_entry(directory, name, current and _renamed(current, name))
@@ -319,6 +328,7 @@ class Filesystem:
             return data
         except RemoteError as e:
             log.warning("reading %r at %d: %s", handle.inode.path, offset, e)
+            self._note_changed(handle.inode, e)
             raise FuseError(e.errno) from e
         except OSError as e:
             raise FuseError(errno.EIO) from e

@@ -34,6 +34,9 @@ class Inode:
     nlookup: int = 0
     # When the remote last confirmed this version (listing or stat).
     validated_at: float = field(default_factory=time.time)
+    # A fetch found the remote changed: the next open asks the remote
+    # itself, not the listing, which may still show the old version.
+    changed: bool = False
     # Open handles by mode; see openmode for the rule that keeps them apart.
     handles: Counter[HandleMode] = field(default_factory=Counter)
     backing_id: int = 0  # registered while passthrough handles are open

@@ -37,6 +37,22 @@ class RemoteEntry:
         return self.is_dir or (type(self.size) is int and 0 <= self.size <= MAX_OBJECT_SIZE)
 
 
+@dataclass
+class Pin:
+    """What one cached object version's bytes must all come from.
+
+    `size` is the object's size as listed. `validator` is the strongest
+    validator the store gave for the bytes already taken ("etag:..." or
+    "lm:<seconds>"; "" when the store gives none); None until the first
+    answer, whose validator every later answer must then carry. It lives
+    with the cached object (and its database row), so chunks fetched days
+    apart still come from one version.
+    """
+
+    size: int
+    validator: str | None = None
+
+
 class RemoteError(Exception):
     """A remote operation failed; `errno` is what a reader should see.
 
@@ -72,7 +88,8 @@ class Unreachable(RemoteError):
 
 
 class VersionChanged(RemoteError):
-    """The object no longer matches the version being read."""
+    """The object no longer matches the version being read: its bytes must
+    not be mixed with those already cached, which are to be dropped."""
 
     errno = errno.EIO
 
@@ -102,14 +119,16 @@ class Remote(Protocol):
         ...
 
     def read_range(
-        self, path: str, start: int, end: int, version: str
+        self, path: str, start: int, end: int, version: str, pin: Pin | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Stream bytes [start, end) of `path`.
 
         Used as `async with remote.read_range(...) as chunks: async for b in
         chunks`. Yields exactly end-start bytes in order, or raises. Raises
         VersionChanged when the server reports a version other than `version`
-        (when `version` is non-empty and the server reports one).
+        (when `version` is non-empty and the server reports one), or, with
+        `pin`, another size or validator than the pinned ones; an unset
+        `pin.validator` is set from the answer, before any byte is yielded.
         """
         ...
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from .base import Remote, RemoteEntry, Unreachable
+from .base import Pin, Remote, RemoteEntry, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,11 @@ class WatchedRemote:
         return entry
 
     @asynccontextmanager
-    async def read_range(self, path: str, start: int, end: int, version: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def read_range(
+        self, path: str, start: int, end: int, version: str, pin: Pin | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         try:
-            async with self._inner.read_range(path, start, end, version) as body:
+            async with self._inner.read_range(path, start, end, version, pin) as body:
                 self._up()
                 yield body
         except Unreachable as e:

@@ -3,6 +3,11 @@
 Directories are read from the server's index pages (see `listing`), objects
 are described by HEAD and read with single-range GETs. Works with nginx
 autoindex (HTML or JSON) and Apache mod_autoindex, through an optional proxy.
+
+A cached object's bytes all come from one version: the first GET pins the
+strongest validator the server gives (ETag, else Last-Modified to the
+second), later GETs ask for it (If-Match, or If-Range for a date) and are
+refused if they answer another validator or another total size.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from .base import (
     AccessDenied,
     BadResponse,
     NotFound,
+    Pin,
     RemoteEntry,
     RemoteError,
     Unreachable,
@@ -28,11 +34,15 @@ from .httpcommon import (
     ClientOwner,
     RequestLimits,
     RetryPolicy,
+    adopt_pin,
+    check_pin,
     check_range_answer,
     make_client,
+    precondition_headers,
     range_header,
     ranged_read,
     send_with_retries,
+    served_validator,
 )
 from .listing import ListedEntry, Listing, NotAListing, parse_http_date, parse_listing
 from .names import valid_name
@@ -45,6 +55,7 @@ BACKOFF_BASE_S = 0.1
 RETRIES = RetryPolicy(attempts=ATTEMPTS, base_delay_s=BACKOFF_BASE_S)
 # HEAD requests one listing may have in flight, to find exact sizes.
 HEAD_CONCURRENCY = 8
+HTTP_PRECONDITION_FAILED = 412
 
 SECONDS_PER_MINUTE = 60
 # Time zone offsets are whole quarter hours and at most 14 hours.
@@ -57,9 +68,10 @@ def make_version(size: int, mtime: float) -> str:
 
     nginx's HTML index shows times to the minute only, and list_dir must give
     the same version as stat (which sees Last-Modified to the second), so the
-    version keeps only the minute. The ETag would be sharper, but no index
-    page shows it. The cost: a rewrite that keeps the size and lands in the
-    same minute goes unnoticed.
+    version keeps only the minute. No index page shows the ETag, so a rewrite
+    that keeps the size and lands in the same minute keeps the version: what
+    tells it is the Pin (base.py), the validator of the first answer, which
+    every later ranged GET of the cached object must carry.
     """
     return f"{size}-{int(mtime) // SECONDS_PER_MINUTE}"
 
@@ -177,28 +189,37 @@ class HttpIndexRemote(ClientOwner):
     # --------------------------------------------------------------- read
 
     def read_range(
-        self, path: str, start: int, end: int, version: str
+        self, path: str, start: int, end: int, version: str, pin: Pin | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         async def send() -> tuple[httpx.Response, str]:
             url = self._url(path)
-            headers = range_header(start, end)
+            headers = range_header(start, end, None if pin is None else pin.size)
+            headers.update(precondition_headers(pin))
             return await self._send("GET", url, headers=headers, stream=True, follow_redirects=True), url
 
         async def check(response: httpx.Response, url: str) -> None:
-            self._check_range_response(response, url, start, end, version)
+            self._check_range_response(response, url, start, end, version, pin)
 
         return ranged_read(start, end, send, check)
 
     def _check_range_response(
-        self, response: httpx.Response, url: str, start: int, end: int, version: str
+        self, response: httpx.Response, url: str, start: int, end: int, version: str, pin: Pin | None
     ) -> None:
         status = response.status_code
+        if status == HTTP_PRECONDITION_FAILED and pin is not None and pin.validator:
+            raise VersionChanged(f"{url}: no longer the pinned version {pin.validator!r} (HTTP 412)")
         if status == 416 and version:
             raise VersionChanged(f"{url}: range {start}-{end - 1} no longer exists")
         if status not in (200, 206):
             _raise_for_status(response, url)
-        total_size = check_range_answer(response, url, start, end)
+        # The validator first: a changed object answers an If-Range with a
+        # 200 of the whole, which is no reason to retry.
+        served = served_validator(response)
+        check_pin(pin, served, None, url)
+        total_size = check_range_answer(response, url, start, end, None if pin is None else pin.size)
+        check_pin(pin, served, total_size, url)
         _check_version(version, total_size, response.headers.get("last-modified"), url)
+        adopt_pin(pin, served)
 
     # ------------------------------------------------------------ helpers
 

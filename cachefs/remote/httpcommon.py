@@ -12,6 +12,7 @@ rate extends, and a listing has a size cap (RequestLimits).
 from __future__ import annotations
 
 import base64
+import email.utils
 import math
 import re
 import urllib.request
@@ -23,8 +24,9 @@ from typing import Any
 import httpx
 import trio
 
-from .base import BadResponse, Unreachable
+from .base import BadResponse, Pin, Unreachable, VersionChanged
 from .http11 import DEADLINE_ENFORCED, DEADLINE_EXTENSION, Deadline, Http11Transport
+from .listing import parse_http_date
 
 MAX_CONNECTIONS = 16
 CONNECT_TIMEOUT_S = 10.0
@@ -309,12 +311,17 @@ class _CappedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
-def check_range_answer(response: httpx.Response, url: str, start: int, end: int) -> int | None:
+def check_range_answer(
+    response: httpx.Response, url: str, start: int, end: int, size: int | None = None
+) -> int | None:
     """Check that a 200 or 206 answer holds exactly bytes [start, end).
 
     Returns the object's total size when the answer gives it. Raises
     BadResponse for a different range, a 200 that is more than the range, or
     a content coding we did not ask for. Other statuses are the caller's.
+    With `size`, the object's expected size, a range asked with
+    `range_header(start, end, size)` that reaches past it (the object is
+    longer) raises VersionChanged.
     """
     status = response.status_code
     if status == HTTP_PARTIAL:
@@ -322,6 +329,10 @@ def check_range_answer(response: httpx.Response, url: str, start: int, end: int)
         if match is None:
             raise BadResponse(f"{url}: 206 without a usable Content-Range")
         first, last, total = match.groups()
+        if size is not None and end == size and (int(first), int(last)) == (start, end):
+            # We asked for one byte past the expected end (range_header), and
+            # it exists: with a total of "*" nothing else would tell.
+            raise VersionChanged(f"{url}: the object is longer than {size} bytes")
         if (int(first), int(last) + 1) != (start, end):
             raise BadResponse(f"{url}: asked for {start}-{end - 1}, got {first}-{last}")
         total_size = None if total == "*" else int(total)
@@ -369,9 +380,59 @@ async def ranged_read(
         await response.aclose()
 
 
-def range_header(start: int, end: int) -> dict[str, str]:
-    """The Range header for bytes [start, end) (end > start)."""
-    return {"Range": f"bytes={start}-{end - 1}"}
+def range_header(start: int, end: int, size: int | None = None) -> dict[str, str]:
+    """The Range header for bytes [start, end) (end > start).
+
+    When the range ends where the object is expected to end (`size`), it
+    asks for one byte more: a server clamps the range to the object's real
+    end, so an object longer than expected shows in the answer's range even
+    when its Content-Range gives no total ("*"); check_range_answer checks it.
+    """
+    last = end if size is not None and end == size else end - 1
+    return {"Range": f"bytes={start}-{last}"}
+
+
+def served_validator(response: httpx.Response) -> str:
+    """The strongest validator an answer gives: its ETag, else its
+    Last-Modified to the second, else "" (the server gives none)."""
+    etag = response.headers.get("etag", "").strip()
+    if etag:
+        return "etag:" + etag
+    mtime = parse_http_date(response.headers.get("last-modified"))
+    return "" if mtime is None else f"lm:{int(mtime)}"
+
+
+def precondition_headers(pin: Pin | None) -> dict[str, str]:
+    """Headers that make the server itself refuse to serve another version
+    than the pinned one: If-Match for a strong ETag (412 if it changed),
+    If-Range for a Last-Modified (the whole new object, with its own
+    validator, instead of a range). A weak ETag can be neither (RFC 9110
+    13.1.1, 13.1.5); its answers are only compared."""
+    if pin is None or not pin.validator:
+        return {}
+    kind, _, value = pin.validator.partition(":")
+    if kind == "etag" and not value.startswith("W/"):
+        return {"If-Match": value}
+    if kind == "lm" and value.lstrip("-").isdigit():
+        return {"If-Range": email.utils.formatdate(int(value), usegmt=True)}
+    return {}
+
+
+def check_pin(pin: Pin | None, served: str, total: int | None, url: str) -> None:
+    """Raise VersionChanged if an answer is not of the pinned version: another
+    total size, or another validator than the one pinned."""
+    if pin is None:
+        return
+    if total is not None and total != pin.size:
+        raise VersionChanged(f"{url}: size is now {total}, expected {pin.size}")
+    if pin.validator is not None and served != pin.validator:
+        raise VersionChanged(f"{url}: validator is now {served or 'none'!r}, pinned {pin.validator or 'none'!r}")
+
+
+def adopt_pin(pin: Pin | None, served: str) -> None:
+    """Pin the version of the first answer accepted; check_pin holds the rest to it."""
+    if pin is not None and pin.validator is None:
+        pin.validator = served
 
 
 async def empty_body() -> AsyncIterator[bytes]:

@@ -17,17 +17,21 @@ from contextlib import AbstractAsyncContextManager
 
 import httpx
 
-from .base import BadResponse, NotFound, RemoteEntry, RemoteError, VersionChanged
+from .base import BadResponse, NotFound, Pin, RemoteEntry, RemoteError, VersionChanged
 from .httpcommon import (
     ClientOwner,
     RequestLimits,
     RetryPolicy,
+    adopt_pin,
+    check_pin,
     check_range_answer,
     make_client,
+    precondition_headers,
     range_header,
     ranged_read,
     read_error_body,
     send_with_retries,
+    served_validator,
 )
 from .listing import parse_http_date
 from .names import valid_name
@@ -197,35 +201,42 @@ class S3Remote(ClientOwner):
     # --------------------------------------------------------------- read
 
     def read_range(
-        self, path: str, start: int, end: int, version: str
+        self, path: str, start: int, end: int, version: str, pin: Pin | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         async def send() -> tuple[httpx.Response, str]:
             url = self._urls.object_url(self._key(path))
-            headers = range_header(start, end)
+            headers = range_header(start, end, None if pin is None else pin.size)
+            headers.update(precondition_headers(pin))
             if version:
                 # S3 then refuses (412) rather than serve another version's bytes.
                 headers["If-Match"] = f'"{version}"'
             return await self._send("GET", url, headers=headers, stream=True), url
 
         async def check(response: httpx.Response, url: str) -> None:
-            await self._check_range_response(response, path, url, start, end, version)
+            await self._check_range_response(response, path, url, start, end, version, pin)
 
         return ranged_read(start, end, send, check)
 
     async def _check_range_response(
-        self, response: httpx.Response, path: str, url: str, start: int, end: int, version: str
+        self, response: httpx.Response, path: str, url: str, start: int, end: int, version: str,
+        pin: Pin | None,
     ) -> None:
         status = response.status_code
-        if version and status in (HTTP_PRECONDITION_FAILED, HTTP_RANGE_NOT_SATISFIABLE):
+        if (version or (pin is not None and pin.validator)) and status in (
+                HTTP_PRECONDITION_FAILED, HTTP_RANGE_NOT_SATISFIABLE):
             raise VersionChanged(f"{url}: no longer version {version!r} (HTTP {status})")
         if status not in (httpx.codes.OK, httpx.codes.PARTIAL_CONTENT):
             await read_error_body(response, f"GET {path}")
             raise self._error(response, f"GET {path}")
-        check_range_answer(response, url, start, end)
         # Stores that ignore If-Match still report the ETag they served.
         served = normalize_etag(response.headers.get("etag", ""))
         if version and served and served != version:
             raise VersionChanged(f"{url}: ETag is now {served!r}, expected {version!r}")
+        validator = served_validator(response)
+        check_pin(pin, validator, None, url)
+        total = check_range_answer(response, url, start, end, None if pin is None else pin.size)
+        check_pin(pin, validator, total, url)
+        adopt_pin(pin, validator)
 
     # ------------------------------------------------------------ helpers
 
