@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -98,6 +99,9 @@ class Cache:
         # Object versions being dropped because the remote changed under
         # them (discard); opens of the same (key, version) wait for it.
         self._discarding: dict[tuple[str, str], trio.Event] = {}
+        # Told (key, version) of every object discarded because the remote's
+        # bytes changed: the layer above must stop serving that version.
+        self.on_discard: list[Callable[[str, str], None]] = []
         self.journal = Journal(self.db, self.release)
         self.evictor = Evictor(self.db, self._data_path, self._in_use, cap_bytes, min_free_bytes, self._settle)
         self._fetcher: ChunkFetcher | None = None
@@ -273,6 +277,8 @@ class Cache:
         if self._objects.get(ident) is obj:
             del self._objects[ident]
         log.info("%s changed on the remote; dropping what is cached of the old version", obj.key)
+        for listener in self.on_discard:
+            listener(obj.key, obj.version)
         done = trio.Event()
         previous = self._discarding.get(ident)
         self._discarding[ident] = done

@@ -73,10 +73,17 @@ class Filesystem:
         self._fh = itertools.count(1)
         self.connection: Connection | None = None
         self.pages = PagePusher(cache, self.stats)
+        self._nursery: trio.Nursery | None = None
+        self._changed_paths: set[str] = set()  # see _changed
+        cache.on_discard.append(self._version_gone)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Background work of the filesystem (page pushes) until cancelled."""
-        await self.pages.run(task_status=task_status)
+        """Background work of the filesystem (page pushes, kernel
+        notifications) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.pages.run)
+            self._nursery = nursery
+            task_status.started()
 
     # --- helpers -------------------------------------------------------------
 
@@ -150,6 +157,8 @@ class Filesystem:
         inode = self._inode(ino)
         if inode.is_dir:
             raise FuseError(errno.EISDIR)
+        if inode.retired:
+            return None  # open() asks the remote what is there now
         if self._needs_revalidation(inode):
             return None
         try:
@@ -169,6 +178,11 @@ class Filesystem:
         inode = self._inode(ino)
         if inode.is_dir:
             raise FuseError(errno.EISDIR)
+        if inode.retired:
+            # The kernel repeats the path walk once, on ESTALE; its lookup
+            # must then find the inode of what the remote has now.
+            await self._refresh_entry(inode)
+            raise FuseError(errno.ESTALE)
         await self._revalidate(inode)
         try:
             obj = await self.cache.acquire(inode.path, inode.version, inode.size, inode.mtime)
@@ -214,7 +228,12 @@ class Filesystem:
         return Opened(fh, mode.open_flags, inode.backing_id if mode is HandleMode.PASSTHROUGH else 0)
 
     def _needs_revalidation(self, inode: Inode) -> bool:
-        return inode.changed or time.time() - inode.validated_at >= self.ttl
+        return self._changed(inode) or time.time() - inode.validated_at >= self.ttl
+
+    def _changed(self, inode: Inode) -> bool:
+        """A fetch found the remote's bytes changed at this path: the listing
+        may still show the old version, so only the remote itself can tell."""
+        return inode.changed or inode.path in self._changed_paths
 
     @staticmethod
     def _note_changed(inode: Inode, error: RemoteError) -> None:
@@ -234,7 +253,7 @@ class Filesystem:
             return
         now = time.time()
         directory, name = split_path(inode.path)
-        listing = None if inode.changed else self.listings.fresh(directory)
+        listing = None if self._changed(inode) else self.listings.fresh(directory)
         current = listing.entries.get(name) if listing is not None else None
         if current is None or current.version != inode.version:
             try:
@@ -249,9 +268,11 @@ class Filesystem:
             # Even after a change: the next open starts a new cached version.
             inode.validated_at = now
             inode.changed = False
+            self._changed_paths.discard(inode.path)
             return
         log.info("%r changed on the remote; new opens get the new version", inode.path)
         await self.listings.update_entry(directory, name, current and _renamed(current, name))
+        self._changed_paths.discard(inode.path)
         await self._invalidate_dentry(directory, name)
         raise FuseError(errno.ESTALE if current is not None else errno.ENOENT)
 
@@ -273,6 +294,38 @@ class Filesystem:
                     await inval(inode.ino)
                     self.pages.forget(inode.ino)
         return result
+
+    async def _refresh_entry(self, inode: Inode) -> None:
+        """Put what the remote has now at `inode`'s path into its listing, and
+        drop the kernel's dentry; ENOENT if the remote has nothing there."""
+        directory, name = split_path(inode.path)
+        try:
+            current = await self.cache.remote.stat(inode.path)
+        except NotFound:
+            current = None
+        except RemoteError as e:
+            log.warning("cannot ask the remote about %r: %s", inode.path, e)
+            raise FuseError(e.errno) from e
+        await self.listings.update_entry(directory, name, current and _renamed(current, name))
+        self._changed_paths.discard(inode.path)
+        await self._invalidate_dentry(directory, name)
+        if current is None:
+            raise FuseError(errno.ENOENT)
+
+    def _version_gone(self, key: str, version: str) -> None:
+        """The remote's bytes of `key` changed under `version` (the cache found
+        out while fetching). The kernel's page cache of the inode holds bytes
+        of the old ones, and handles open on it may add more: so the inode
+        stays with those handles, and the next open gets a new one."""
+        self._changed_paths.add(key)
+        inode = self.inodes.find_file(key, version)
+        if inode is None:
+            return
+        self.inodes.retire(inode)
+        self.pages.forget(inode.ino)
+        if self._nursery is not None:
+            directory, name = split_path(key)
+            self._nursery.start_soon(self._invalidate_dentry, directory, name)
 
     def _read_ahead_siblings(self, inode: Inode) -> None:
         directory, _, name = inode.path.rpartition("/")

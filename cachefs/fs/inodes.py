@@ -40,6 +40,9 @@ class Inode:
     # Open handles by mode; see openmode for the rule that keeps them apart.
     handles: Counter[HandleMode] = field(default_factory=Counter)
     backing_id: int = 0  # registered while passthrough handles are open
+    # The remote's bytes changed under this version: only the handles
+    # already open use it; a new lookup gets a new inode.
+    retired: bool = False
     kernel_ops: KernelOps = KernelOps.NONE
 
     @property
@@ -88,6 +91,16 @@ class InodeTable:
         return [i for i in self._by_ino.values() if not i.is_dir and any(
             p == "" or i.path == p or i.path.startswith(p.rstrip("/") + "/") for p in paths)]
 
+    def find_file(self, path: str, version: str) -> Inode | None:
+        return self._by_path.get((path, version))
+
+    def retire(self, inode: Inode) -> None:
+        """From now on `inode` only serves what has it already (the kernel's
+        references, open handles); lookups of its path make a new one."""
+        inode.retired = True
+        if self._by_path.get((inode.path, inode.version)) is inode:
+            del self._by_path[(inode.path, inode.version)]
+
     def find_dir(self, path: str) -> Inode | None:
         """The directory inode of `path`, if the kernel knows it."""
         return self._by_path.get((path, ""))
@@ -115,4 +128,5 @@ class InodeTable:
     def drop_if_unused(self, inode: Inode) -> None:
         if inode.nlookup == 0 and inode.opens == 0 and inode.ino != ROOT_ID:
             del self._by_ino[inode.ino]
-            self._by_path.pop((inode.path, inode.version), None)
+            if self._by_path.get((inode.path, inode.version)) is inode:
+                del self._by_path[(inode.path, inode.version)]
