@@ -21,7 +21,7 @@ from cachefs.cache.store import DEFAULT_MIN_FREE, prepare_dir
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
 
-from . import cli_types
+from . import cli_types, sdnotify
 from .cli_prefetch import PrefetchError
 from .cli_cache import CacheToolError
 from cachefs.remote import S3Options
@@ -101,6 +101,8 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
                 log.info("mounted at %s", config.mountpoint)
                 if warning:
                     log.warning("%s", warning)
+                # Under systemd (Type=notify): the unit is up once the mount answers.
+                sdnotify.ready(f"mounted at {config.mountpoint}" + (f"; {warning}" if warning else ""))
             return
         line = f"ERR {error}" if error else (f"OK {warning}" if warning else "OK")
         os.write(ready_fd, (line.replace("\n", " ") + "\n").encode())
