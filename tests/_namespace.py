@@ -31,7 +31,7 @@ EXIT_TIMEOUT_S = 15.0
 POLL_S = 0.05
 
 
-def expose_to_others(paths: list[Path]) -> str:
+def expose_to_others(paths: list[Path], aside_in: str = "/run/.exposed") -> str:
     """Shell (run as root in the namespace) making each of `paths` reachable
     by any user, without changing a permission on the host.
 
@@ -39,7 +39,9 @@ def expose_to_others(paths: list[Path]) -> str:
     /root, mode 0700). For each path behind such a folder, the path is
     bind-mounted aside, a tmpfs (0755) goes over the outermost folder others
     cannot search, and the path is bind-mounted back at its own name: the
-    same absolute paths work, for every user, in this namespace only."""
+    same absolute paths work, for every user, in this namespace only.
+    `aside_in` must be on a filesystem private to the namespace (a tmpfs the
+    setup mounted first)."""
     blocked: dict[Path, list[Path]] = {}
     for path in paths:
         path = path.resolve()
@@ -47,10 +49,10 @@ def expose_to_others(paths: list[Path]) -> str:
             if not os.stat(ancestor).st_mode & 0o001:
                 blocked.setdefault(ancestor, []).append(path)
                 break
-    steps = ["mkdir -p /tmp/.exposed"]
+    steps = [f"mkdir -p {aside_in}"]
     moves = []
     for i, path in enumerate(p for group in blocked.values() for p in group):
-        aside = f"/tmp/.exposed/{i}"
+        aside = f"{aside_in}/{i}"
         steps += [f"mkdir {aside}", f"mount --rbind {shlex.quote(str(path))} {aside}"]
         moves.append((aside, path))
     for ancestor in blocked:
