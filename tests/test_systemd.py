@@ -174,16 +174,38 @@ def test_a_failed_mount_sends_no_ready(notify: NotifySocket, tmp_path: Path) -> 
         assert not is_mounted(mountpoint)
 
 
-def test_without_notify_socket_nothing_changes(small_store: NginxStore, tmp_path: Path) -> None:
-    """Not under systemd: no NOTIFY_SOCKET, the foreground mount just works."""
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    log = tmp_path / "foreground.log"
-    with foreground(small_store.url, mountpoint, tmp_path / "cache", None, log) as process:
-        assert wait_until(lambda: is_mounted(mountpoint) or process.poll() is not None, READY_TIMEOUT_S)
-        assert is_mounted(mountpoint), log.read_text(errors="replace")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(EXIT_TIMEOUT_S) == 0, log.read_text(errors="replace")
+# How many times the early-SIGTERM tests try: each run hits the window once.
+EARLY_STOP_TRIES = 5
+
+
+@pytest.mark.parametrize("when", ["right-after-ready", "once-mounted-without-notify-socket"])
+def test_sigterm_while_starting_still_stops_cleanly(
+    when: str, small_store: NginxStore, tmp_path: Path
+) -> None:
+    """`systemctl stop` as soon as the unit is up (READY=1 just sent), or as
+    soon as the mount shows (no NOTIFY_SOCKET: not under systemd): the
+    daemon must already handle SIGTERM, unmount and exit 0, not die of it
+    and leave a dead mount."""
+    for attempt in range(EARLY_STOP_TRIES):
+        mountpoint = tmp_path / f"mnt{attempt}"
+        mountpoint.mkdir()
+        log = tmp_path / f"foreground{attempt}.log"
+        notify = NotifySocket(tmp_path / f"n{attempt}", abstract=True) if when.startswith("right") else None
+        try:
+            with foreground(small_store.url, mountpoint, tmp_path / "cache", notify, log) as process:
+                if notify is not None:
+                    assert notify.receive(READY_TIMEOUT_S) is not None, log.read_text(errors="replace")
+                else:
+                    assert wait_until(lambda: is_mounted(mountpoint) or process.poll() is not None,
+                                      READY_TIMEOUT_S)
+                process.send_signal(signal.SIGTERM)
+                rc = process.wait(EXIT_TIMEOUT_S)
+                output = log.read_text(errors="replace")
+                assert rc == 0, f"try {attempt}: exit status {rc} after SIGTERM:\n{output}"
+                assert not is_mounted(mountpoint), f"try {attempt}: still mounted after SIGTERM"
+        finally:
+            if notify is not None:
+                notify.close()
 
 
 # -- the shipped units --------------------------------------------------------------
