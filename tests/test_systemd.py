@@ -190,7 +190,7 @@ def test_sigterm_while_starting_still_stops_cleanly(
         mountpoint = tmp_path / f"mnt{attempt}"
         mountpoint.mkdir()
         log = tmp_path / f"foreground{attempt}.log"
-        notify = NotifySocket(tmp_path / f"n{attempt}", abstract=True) if when.startswith("right") else None
+        notify = NotifySocket(tmp_path, abstract=True) if when.startswith("right") else None
         try:
             with foreground(small_store.url, mountpoint, tmp_path / "cache", notify, log) as process:
                 if notify is not None:
