@@ -27,7 +27,7 @@ from cachefs.remote.httpcommon import (
     DEFAULT_REQUEST_TIMEOUT_S,
 )
 
-from . import cli_types
+from . import cli_types, sdnotify
 from .cli_prefetch import PrefetchError
 from .cli_cache import CacheToolError
 from cachefs.remote import S3Options
@@ -116,6 +116,8 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
                 log.info("mounted at %s", config.mountpoint)
                 if warning:
                     log.warning("%s", warning)
+                # Under systemd (Type=notify): the unit is up once the mount answers.
+                sdnotify.ready(f"mounted at {config.mountpoint}" + (f"; {warning}" if warning else ""))
             return
         line = f"ERR {error}" if error else (f"OK {warning}" if warning else "OK")
         os.write(ready_fd, (line.replace("\n", " ") + "\n").encode())

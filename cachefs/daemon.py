@@ -197,12 +197,14 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
     control = state.with_suffix(".sock")
     try:
         async with trio.open_nursery() as nursery:
+            # First: a SIGTERM from now on (systemd stopping a unit that is
+            # still starting, say) unmounts cleanly instead of killing us.
+            await nursery.start(_stop_on_signal, config.mountpoint, session)
             await nursery.start(cache.run)
             await nursery.start(fs.run)
             prefetcher = Prefetcher(cache, fs.listings, nursery)
             await nursery.start(control_server.serve, control, Commands(fs, prefetcher).handlers())
             _write_state(state, config, cache, control)
-            nursery.start_soon(_stop_on_signal, config.mountpoint, session)
             await session.run()
             nursery.cancel_scope.cancel()
     finally:
@@ -235,8 +237,10 @@ def _write_state(path: Path, config: MountConfig, cache: Cache, control: Path) -
     tmp.replace(path)
 
 
-async def _stop_on_signal(mountpoint: str, session: Session) -> None:
+async def _stop_on_signal(mountpoint: str, session: Session,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
             try:

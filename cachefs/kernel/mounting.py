@@ -89,8 +89,12 @@ def _mount_with_fusermount(mountpoint: str, opts: MountOptions) -> int:
         )
         theirs.close()
         if proc.returncode != 0:
-            msg = proc.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
-            raise MountError(f"mount {mountpoint}: {msg[0]}")
+            msg = (proc.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"])[0]
+            if "/dev/fuse" in msg and "denied" in msg:
+                # No udev rule made it 0666 as Debian's fuse3 package does
+                # (a container, a machine without udev).
+                msg += " (users need /dev/fuse mode 0666: as root, chmod 0666 /dev/fuse)"
+            raise MountError(f"mount {mountpoint}: {msg}")
         _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
         if not fds:
             raise MountError(f"mount {mountpoint}: fusermount3 passed no file descriptor")
