@@ -35,7 +35,8 @@ class BuggyRemote:
         return RemoteEntry(path, False, len(GOOD), 0.0, "v1")
 
     @asynccontextmanager
-    async def read_range(self, path: str, start: int, end: int, version: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def read_range(self, path: str, start: int, end: int, version: str,
+                         pin: object = None) -> AsyncIterator[AsyncIterator[bytes]]:
         if path == "bad":
             raise RuntimeError("a bug in the remote layer")
 
