@@ -30,7 +30,7 @@ from cachefs.control.commands import Commands
 from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import Prefetcher
 from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
-from cachefs.kernel.mounting import FSTYPE
+from cachefs.kernel.mounting import FSTYPE, set_read_ahead
 from cachefs.remote import NotFound, RemoteError, RequestLimits, S3Options, open_remote
 from cachefs.remote.health import WatchedRemote
 from cachefs.remote.httpcommon import (
@@ -40,6 +40,9 @@ from cachefs.remote.httpcommon import (
 )
 
 log = logging.getLogger(__name__)
+
+# Kernel read-ahead in files of the mount: one chunk (see set_read_ahead).
+READ_AHEAD_KIB = 8 * 1024
 
 
 # ready(error, warning): error None means mounted; a warning still mounts.
@@ -192,7 +195,14 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
         fd = mount(config.mountpoint, MountOptions(source=cache.remote.source, allow_other=config.allow_other))
     except MountError as e:
         raise StartupError(str(e)) from None
-    session = Session(fd, fs, want_passthrough=config.passthrough, on_init=lambda _c: ready(None, warning))
+
+    def initialized(_conn: object) -> None:
+        # Only now: INIT's answer sets the read-ahead (to at most 128 KiB).
+        if not set_read_ahead(config.mountpoint, READ_AHEAD_KIB):
+            log.debug("kernel read-ahead left at its default (not root?)")
+        ready(None, warning)
+
+    session = Session(fd, fs, want_passthrough=config.passthrough, on_init=initialized)
     state = state_file(config.mountpoint)
     control = state.with_suffix(".sock")
     try:

@@ -187,3 +187,23 @@ def mounts_under(path: str | os.PathLike[str]) -> list[str]:
     """Mountpoints strictly inside the folder `path`, deepest last."""
     inside = os.path.abspath(path).rstrip(os.sep) + os.sep
     return [m.mountpoint for m in mounts() if m.mountpoint.startswith(inside)]
+
+
+def set_read_ahead(mountpoint: str, kib: int) -> bool:
+    """Let the kernel read ahead up to `kib` KiB in files of this mount.
+
+    The kernel starts a FUSE mount at 128 KiB: a sequential reader through
+    the page cache then costs a daemon round trip per 128 KiB (311 MB/s cold
+    here, against 516-600 MB/s with 4-8 MiB). Needs root (sysfs); returns
+    whether it was set.
+    """
+    info = find_mount(mountpoint)
+    if info is None:
+        return False
+    major, minor = info.device
+    try:
+        with open(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+    except OSError:
+        return False
+    return True
