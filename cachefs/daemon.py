@@ -151,8 +151,16 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
             log_path(cache.root / "daemon.log")
         try:
             await _serve_mounted(config, cache, ready)
-        finally:
+        except StartupError:
+            # Nothing was served: a folder made for this mount only would
+            # be left empty (the reason goes to the user, not the log).
             cache.close()
+            cache.discard_new()
+            raise
+        except BaseException:
+            cache.close()
+            raise
+        cache.close()
     finally:
         with trio.CancelScope(shield=True):
             await remote.aclose()

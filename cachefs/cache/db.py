@@ -9,10 +9,11 @@ waits for a commit or an fsync.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -27,6 +28,18 @@ T = TypeVar("T")
 
 class CorruptDatabase(Exception):
     """The database file cannot be opened or migrated."""
+
+
+class DatabaseLocked(CorruptDatabase):
+    """Another process holds a lock on the database (an sqlite3 shell...)."""
+
+
+# How long opening the database waits for another process's lock: long
+# enough for a passing transaction, short enough that `cachefs mount` says
+# why it cannot start instead of seeming to hang.
+OPEN_BUSY_TIMEOUT_S = 5.0
+# Once open, writes (on their own thread) wait this long for a lock.
+BUSY_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,8 @@ def _object_row(row: tuple) -> ObjectRow:
     return ObjectRow(*row[:8], complete=bool(row[8]))
 
 
-def _connect(path: Path, *, check_same_thread: bool) -> Database:
-    conn = sqlite3.connect(path, check_same_thread=check_same_thread, timeout=30)
+def _connect(path: Path, *, check_same_thread: bool, timeout: float = BUSY_TIMEOUT_S) -> Database:
+    conn = sqlite3.connect(path, check_same_thread=check_same_thread, timeout=timeout)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -74,18 +87,32 @@ class CacheDB:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self._writer = _connect(path, check_same_thread=False)
+        with self._opening():
+            self._writer = _connect(path, check_same_thread=False, timeout=OPEN_BUSY_TIMEOUT_S)
             MIGRATIONS.apply(self._writer)
             self._reader = _connect(path, check_same_thread=True)
-        except sqlite3.DatabaseError as e:
-            raise CorruptDatabase(f"cache database {path} is unusable: {e}") from e
         self._write_limiter = trio.CapacityLimiter(1)
 
+    @contextlib.contextmanager
+    def _opening(self) -> Iterator[None]:
+        """Turn SQLite's errors while opening into one-line ones."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise DatabaseLocked(
+                    f"cache database {self.path} is locked by another process "
+                    f"(still after {OPEN_BUSY_TIMEOUT_S:g} s)") from e
+            raise CorruptDatabase(f"cache database {self.path} is unusable: {e}") from e
+        except sqlite3.DatabaseError as e:
+            raise CorruptDatabase(f"cache database {self.path} is unusable: {e}") from e
+
     def set_meta(self, key: str, value: str) -> None:
-        """A setting of this cache; written once at start-up, before serving."""
-        with self._writer.conn:
+        """A setting of this cache; written once at start-up, before serving.
+        Ends the opening: later writes wait longer for a lock."""
+        with self._opening(), self._writer.conn:
             self._writer.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self._writer.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
 
     def close(self) -> None:
         self._reader.conn.close()

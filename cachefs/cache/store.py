@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import trio
@@ -82,14 +83,25 @@ class Cache:
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         self.root = source_dir(cache_dir, remote.source)
-        prepare_dir(self.root)
-        self.data_dir = self.root / DATA_NAME
-        make_data_dir(self.data_dir)
-        self._lock_fd = self._take_lock()
-        self.db = CacheDB(self.root / "state.db")
-        # The folder is named by a hash of the source: keep the source itself
-        # so offline tools (fsck --verify-remote) can reach it.
-        self.db.set_meta("source", remote.source)
+        # A mount that fails removes the folder it made (`discard_new`).
+        self.created = not self.root.exists()
+        try:
+            prepare_dir(self.root)
+            self.data_dir = self.root / DATA_NAME
+            make_data_dir(self.data_dir)
+            self._lock_fd = self._take_lock()
+        except BaseException:
+            self._remove_if_created()
+            raise
+        try:
+            self.db = CacheDB(self.root / "state.db")
+            # The folder is named by a hash of the source: keep the source itself
+            # so offline tools (fsck --verify-remote) can reach it.
+            self.db.set_meta("source", remote.source)
+        except BaseException:
+            os.close(self._lock_fd)
+            self._remove_if_created()
+            raise
         self.remote = remote
         self.chunk_size = chunk_size
         self._objects: dict[tuple[str, str], CachedObject] = {}
@@ -127,6 +139,15 @@ class Cache:
         self._objects.clear()
         self.db.close()
         os.close(self._lock_fd)
+
+    def discard_new(self) -> None:
+        """After `close`: remove the folder if this cache made it, for a
+        mount that failed to start (it holds nothing worth keeping)."""
+        self._remove_if_created()
+
+    def _remove_if_created(self) -> None:
+        if self.created:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     @property
     def fetcher(self) -> ChunkFetcher:
