@@ -30,6 +30,7 @@ from .cli_cache import CacheToolError
 from cachefs.remote import S3Options
 from cachefs.remote.s3_address import is_s3_source
 
+from .daemon_log import DaemonLogHandler
 from .daemon import MountConfig, StartupError, daemon_alive, serve, state_file
 
 log = logging.getLogger("cachefs")
@@ -81,10 +82,8 @@ def _setup_logging(level: str, stream: object | None) -> None:
     logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
 
 
-def _log_to_file(path: Path) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+def _log_to_file(path: Path, fallback: Path | None) -> None:
+    logging.getLogger().addHandler(DaemonLogHandler(path, fallback))
 
 
 def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
@@ -111,7 +110,9 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
         os.close(ready_fd)
 
     try:
-        trio.run(serve, config, ready, None if ready_fd is None else _log_to_file)
+        # Where the log goes when daemon.log cannot be written (a full disk).
+        fallback = state_file(config.mountpoint).with_suffix(".log")
+        trio.run(serve, config, ready, None if ready_fd is None else lambda p: _log_to_file(p, fallback))
     except StartupError as e:
         ready(str(e))
         return 1

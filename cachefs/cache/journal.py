@@ -29,7 +29,7 @@ from typing import NamedTuple
 import trio
 from sqlite_utils import Database
 
-from .db import CacheDB, ChunkRecord
+from .db import CacheDB, ChunkRecord, StateLost
 from .objects import CachedObject
 
 log = logging.getLogger(__name__)
@@ -122,16 +122,23 @@ class Journal:
             if accessed:
                 try:
                     await self._db.write(lambda db: CacheDB.touch(db, accessed))
+                except StateLost:
+                    pass  # said once by the cache, which rebuilds
                 except Exception:
                     log.exception("could not record access times")
             if batch:
                 try:
                     failed = await trio.to_thread.run_sync(self._sync_files, batch)
                     durable = self._forget_unsynced(batch, failed) if failed else batch
-                    new_ids = await self._db.write(lambda db: self._record(db, durable))
+                    durable = [entry for entry in durable if not entry.obj.detached]
+                    new_ids = await self._db.write(lambda db: self._record(db, durable)) if durable else {}
                     # Only now, after the commit, do the new rows exist.
                     for obj, object_id in new_ids.items():
-                        obj.object_id = object_id
+                        if not obj.detached:  # a rebuild came between: the row is in the old database
+                            obj.object_id = object_id
+                except StateLost:
+                    # The cache says so once, and rebuilds; not recording is safe.
+                    log.debug("could not record %d cached chunks: the database is lost", len(batch))
                 except Exception:
                     # Not recording is always safe: the chunks are fetched again.
                     log.exception("could not record %d cached chunks", len(batch))

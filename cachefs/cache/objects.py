@@ -97,6 +97,9 @@ class CachedObject:
     # Open handles, running fetches and unflushed chunks each hold a use;
     # the data file is closed when the last one goes.
     uses: int = 0
+    # Its database was lost and rebuilt while it was open: it goes on
+    # serving from its open file, but nothing of it is recorded any more.
+    detached: bool = False
 
     @property
     def nchunks(self) -> int:

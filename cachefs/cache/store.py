@@ -17,13 +17,15 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from cachefs.remote import Remote
 
-from .db import CacheDB, ObjectRow
+from .db import CacheDB, CorruptDatabase, ObjectRow
 from .evictor import EvictResult, Evictor
 from .fanout import data_path, make_data_dir
 from .fetcher import CHUNK_SIZE, ChunkFetcher
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 DEFAULT_MIN_FREE = 1 << 30  # keep 1 GiB free on the cache's disk
+# How often the daemon checks that its state.db and data folder are still
+# there (a few stat calls).
+STATE_CHECK_S = 1.0
+SQLITE_MAGIC = b"SQLite format 3\0"
+FORGET_RETRY_S = 5.0
 
 
 class CacheBusy(Exception):
@@ -103,6 +110,11 @@ class Cache:
             self._remove_if_created()
             raise
         self.remote = remote
+        self.db.on_failure = self._db_failed
+        # What the daemon opened, to notice it replaced or removed (`_watch_state`).
+        self._identity = self._current_identity()
+        self._state_check = trio.Event()
+        self.rebuilds = 0
         self.chunk_size = chunk_size
         self._objects: dict[tuple[str, str], CachedObject] = {}
         self._forgetting: set[int] = set()  # object ids whose chunk rows are being deleted
@@ -128,6 +140,7 @@ class Cache:
                 self._fetcher = ChunkFetcher(self.remote, self.journal, self.evictor, nursery, self.release)
                 nursery.start_soon(self.journal.run)
                 nursery.start_soon(self.evictor.run)
+                nursery.start_soon(self._watch_state)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -148,6 +161,95 @@ class Cache:
     def _remove_if_created(self) -> None:
         if self.created:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    # --- lost state ----------------------------------------------------------
+
+    def _current_identity(self) -> StateIdentity:
+        return StateIdentity(
+            root=_file_id(self.root), db=_file_id(self.db.path), data=_file_id(self.data_dir),
+            lock=_file_id(self.root / "lock"),
+        )
+
+    def _db_failed(self, error: Exception) -> None:
+        log.debug("cache database query failed: %s", error)
+        self._broken_db = str(error)
+        self._state_check.set()
+
+    _broken_db: str | None = None
+
+    def state_problem(self) -> str | None:
+        """Why the cache's files are no longer those the daemon opened, if they are not."""
+        now = self._current_identity()
+        for name, was, is_ in (("the cache folder", self._identity.root, now.root),
+                               ("state.db", self._identity.db, now.db),
+                               ("the data folder", self._identity.data, now.data)):
+            if is_ is None:
+                return f"{name} was removed"
+            if is_ != was:
+                return f"{name} was replaced"
+        if not _has_sqlite_header(self.db.path):
+            return "state.db was truncated or overwritten"
+        if self._broken_db is not None:
+            return f"state.db fails: {self._broken_db}"
+        return None
+
+    async def _watch_state(self) -> None:
+        """Notice a lost state.db or data folder, say so once, and start over.
+
+        Checked every STATE_CHECK_S and at once when SQLite fails or a data
+        file cannot be created; the check is a few stat calls.
+        """
+        while True:
+            with trio.move_on_after(STATE_CHECK_S):
+                await self._state_check.wait()
+            self._state_check = trio.Event()
+            problem = self.state_problem()
+            if problem is None:
+                continue
+            try:
+                await self._rebuild(problem)
+            except (OSError, sqlite3.Error, CorruptDatabase, CacheBusy) as e:
+                # The disk may be full or gone too; try again at the next check.
+                log.error("cannot rebuild the cache in %s: %s", self.root, e)
+                await trio.sleep(STATE_CHECK_S)
+
+    async def _rebuild(self, problem: str) -> None:
+        """A fresh state.db and data folder; what was cached is forgotten.
+
+        Open objects keep their data files open and go on serving what this
+        process wrote or read in them, unrecorded. Nothing of the old files is
+        trusted again: the old data folder is removed, and rows come only
+        from chunks written after this.
+        """
+        # From here on no row of the old database is read or written, and
+        # no id of it is used (`_forget_chunks`).
+        self.db.lost = True
+        self.rebuilds += 1
+        prepare_dir(self.root)
+        if _file_id(self.data_dir) is not None:
+            # Data files the new database knows nothing of: out of the way
+            # at once, removed in the background.
+            aside = self.root / f"{DATA_NAME}.lost-{os.getpid()}-{self.rebuilds}"
+            os.rename(self.data_dir, aside)
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.to_thread.run_sync, shutil.rmtree, aside, True)
+        make_data_dir(self.data_dir)
+        if self._identity.lock != _file_id(self.root / "lock"):
+            old_fd = self._lock_fd
+            try:
+                self._lock_fd = self._take_lock()
+            finally:
+                os.close(old_fd)
+        for obj in self._objects.values():
+            obj.detached = True
+            obj.object_id = None
+        self._forgetting.clear()
+        await self.db.recreate(self.remote.source)
+        self.evictor.used_bytes = 0
+        self._broken_db = None
+        self._identity = self._current_identity()
+        log.error("cache state in %s was lost (%s): started a new, empty cache there; "
+                  "what was cached (and pinned) is fetched again", self.root, problem)
 
     @property
     def fetcher(self) -> ChunkFetcher:
@@ -237,7 +339,17 @@ class Cache:
         # Inline, not in a worker thread: with the data folder spread over
         # block groups (fanout.py) creating a file takes ~20 µs, less than
         # the thread hop would.
-        fd, found_size = _open_data_file(path, size)
+        try:
+            fd, found_size = _open_data_file(path, size)
+        except FileNotFoundError:
+            # Its subfolder is gone (the data folder was emptied or removed):
+            # make the folders again so this open works, and have the
+            # watcher look at the rest. A new file's size (0) never
+            # matches a row, so nothing recorded is trusted below.
+            self._state_check.set()
+            prepare_dir(self.root)
+            make_data_dir(self.data_dir)
+            fd, found_size = _open_data_file(path, size)
         present: set[int] = set()
         if row is not None and row.id not in self._forgetting:
             present = self.db.chunks_of(row.id)
@@ -247,20 +359,27 @@ class Cache:
                 present = set()
                 self._forgetting.add(row.id)
                 assert self._nursery is not None
-                self._nursery.start_soon(self._forget_chunks, row.id)
+                self._nursery.start_soon(self._forget_chunks, row.id, self.rebuilds)
         chunk_size = row.chunk_size if row else self.chunk_size
         return CachedObject(
             key=key, version=version, size=size, mtime=mtime, chunk_size=chunk_size,
             path=path, fd=fd, object_id=row.id if row else None, present=present,
         )
 
-    async def _forget_chunks(self, object_id: int) -> None:
+    async def _forget_chunks(self, object_id: int, generation: int) -> None:
         # Until the rows are gone, a new load must not trust them: the file
         # was already cut to the new size, so its size no longer tells.
-        try:
-            await self.db.forget_chunks(object_id)
-        finally:
+        # A failure (the disk is full) must neither end the daemon nor let
+        # the rows be trusted again: keep trying while this process runs.
+        while generation == self.rebuilds:  # else the id is of a lost database
+            try:
+                await self.db.forget_chunks(object_id)
+            except sqlite3.Error as e:
+                log.warning("cannot forget the chunks of object %d yet: %s", object_id, e)
+                await trio.sleep(FORGET_RETRY_S)
+                continue
             self._forgetting.discard(object_id)
+            return
 
     async def read(self, obj: CachedObject, offset: int, size: int, ahead: int = 0) -> memoryview:
         """Bytes [offset, offset+size) of `obj`, fetching what is missing.
@@ -303,6 +422,32 @@ class Cache:
         # The fetches hold their own uses of the object.
         self.fetcher.start(obj, range(obj.nchunks), Priority.BACKGROUND)
         self.release(obj)
+
+
+@dataclass(frozen=True)
+class StateIdentity:
+    """(st_dev, st_ino) of the cache's files when opened; None: missing."""
+
+    root: tuple[int, int] | None
+    db: tuple[int, int] | None
+    data: tuple[int, int] | None
+    lock: tuple[int, int] | None
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _has_sqlite_header(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def _size_to(fd: int, size: int) -> int:
