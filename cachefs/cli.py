@@ -99,7 +99,7 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
         reported = True
         if ready_fd is None:
             if error:
-                print(f"cachefs: {error}", file=sys.stderr)
+                print(f"cachefs: {one_line(error)}", file=sys.stderr)
             else:
                 log.info("mounted at %s", config.mountpoint)
                 if warning:

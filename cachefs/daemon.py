@@ -184,7 +184,12 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
             await nursery.start(cache.run)
             prefetcher = Prefetcher(cache, fs.listings, nursery)
             await nursery.start(control_server.serve, control, Commands(fs, prefetcher).handlers())
-            _write_state(state, config, cache, control)
+            try:
+                _write_state(state, config, cache, control)
+            except OSError as e:
+                # The mount serves without it; only `cachefs umount` and
+                # `status` cannot find this daemon by its mountpoint.
+                log.error("cannot write the state file %s: %s", state, e.strerror or e)
             nursery.start_soon(_stop_on_signal, config.mountpoint, session)
             await session.run()
             nursery.cancel_scope.cancel()

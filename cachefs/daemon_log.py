@@ -15,12 +15,16 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import time
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 SYSLOG_FORMAT = "cachefs[%(process)d]: %(levelname)s %(name)s: %(message)s"
 SYSLOG_SOCKET = "/dev/log"
 FILE_MODE = 0o600
+# After a failed write, how long records go to the fallback before
+# daemon.log is tried again.
+RETRY_S = 10.0
 
 
 class AppendFile:
@@ -74,6 +78,7 @@ class DaemonLogHandler(logging.Handler):
             except OSError:
                 self._syslog = None
         self._failing: str | None = None  # why daemon.log fails, while it does
+        self._retry_at = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -81,9 +86,15 @@ class DaemonLogHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        if self._failing is not None and time.monotonic() < self._retry_at:
+            self._to_fallbacks(record, data)
+            return
         try:
             self._main.write(data)
         except OSError as e:
+            # On a nearly full disk a short line may fit now and then: keep
+            # to the fallback a while rather than flap between the two.
+            self._retry_at = time.monotonic() + RETRY_S
             if self._failing is None:
                 self._failing = e.strerror or str(e)
                 self._to_fallbacks(self._note(record, f"cannot write {self._main.path} ({self._failing}); "

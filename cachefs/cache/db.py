@@ -56,6 +56,10 @@ def is_transient(error: sqlite3.Error) -> bool:
 OPEN_BUSY_TIMEOUT_S = 5.0
 # Once open, writes (on their own thread) wait this long for a lock.
 BUSY_TIMEOUT_S = 30.0
+# Reads run on the event loop, where a wait stalls every request; under WAL
+# they wait only while a damaged WAL index is recovered. A read that gives
+# up finds "nothing cached", which is safe.
+READ_BUSY_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class CacheDB:
         with self._opening():
             self._writer = _connect(self.path, check_same_thread=False, timeout=OPEN_BUSY_TIMEOUT_S)
             MIGRATIONS.apply(self._writer)
-            self._reader = _connect(self.path, check_same_thread=True)
+            self._reader = _connect(self.path, check_same_thread=True, timeout=READ_BUSY_TIMEOUT_S)
 
     async def recreate(self, source: str) -> None:
         """Start over with an empty database at the same path (the old one is

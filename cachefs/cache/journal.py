@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -124,6 +125,8 @@ class Journal:
                     await self._db.write(lambda db: CacheDB.touch(db, accessed))
                 except StateLost:
                     pass  # said once by the cache, which rebuilds
+                except sqlite3.OperationalError as e:
+                    log.error("could not record access times: %s", e)
                 except Exception:
                     log.exception("could not record access times")
             if batch:
@@ -139,6 +142,9 @@ class Journal:
                 except StateLost:
                     # The cache says so once, and rebuilds; not recording is safe.
                     log.debug("could not record %d cached chunks: the database is lost", len(batch))
+                except sqlite3.OperationalError as e:
+                    # A full disk, a lock: one line, not a traceback a batch.
+                    log.error("could not record %d cached chunks: %s", len(batch), e)
                 except Exception:
                     # Not recording is always safe: the chunks are fetched again.
                     log.exception("could not record %d cached chunks", len(batch))

@@ -147,8 +147,11 @@ class CachedObject:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the descriptor is gone all the same (close(2))
 
 
 # preadv2 flag (linux/fs.h, 6.14+): pages a read has to bring in are dropped

@@ -324,7 +324,12 @@ class Cache:
                 # Nothing of it was ever recorded, so nothing in the file
                 # will be trusted: remove it rather than leave an orphan. Done
                 # here, before any other task runs, so no new open can race it.
-                obj.path.unlink(missing_ok=True)
+                try:
+                    obj.path.unlink(missing_ok=True)
+                except OSError as e:
+                    # An orphan for fsck; release runs inside the journal's
+                    # flush, which an exception would end, and the daemon with it.
+                    log.warning("cannot remove the unrecorded data file of %s: %s", obj.key, e.strerror)
 
     def _load(
         self, key: str, version: str, size: int, mtime: float, row: ObjectRow | None = None
