@@ -141,6 +141,7 @@ class Cache:
                 nursery.start_soon(self.journal.run)
                 nursery.start_soon(self.evictor.run)
                 nursery.start_soon(self._watch_state)
+                nursery.start_soon(self._remove_lost_data)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -212,6 +213,12 @@ class Cache:
                 # The disk may be full or gone too; try again at the next check.
                 log.error("cannot rebuild the cache in %s: %s", self.root, e)
                 await trio.sleep(STATE_CHECK_S)
+
+    async def _remove_lost_data(self) -> None:
+        """Finish removing data folders set aside by a rebuild in a daemon
+        that stopped before it was done (fsck looks only at `data`)."""
+        for aside in self.root.glob(f"{DATA_NAME}.lost-*"):
+            await trio.to_thread.run_sync(shutil.rmtree, aside, True)
 
     async def _rebuild(self, problem: str) -> None:
         """A fresh state.db and data folder; what was cached is forgotten.
