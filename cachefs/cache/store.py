@@ -200,6 +200,7 @@ class Cache:
         Checked every STATE_CHECK_S and at once when SQLite fails or a data
         file cannot be created; the check is a few stat calls.
         """
+        failures = 0
         while True:
             with trio.move_on_after(STATE_CHECK_S):
                 await self._state_check.wait()
@@ -209,9 +210,15 @@ class Cache:
                 continue
             try:
                 await self._rebuild(problem)
+                failures = 0
             except (OSError, sqlite3.Error, CorruptDatabase, CacheBusy) as e:
-                # The disk may be full or gone too; try again at the next check.
-                log.error("cannot rebuild the cache in %s: %s", self.root, e)
+                # The disk may be full or gone too; try again at the next
+                # check, saying so once. Meanwhile nothing is cached or
+                # read from the cache (`db.lost`): reads go to the network.
+                failures += 1
+                log.log(logging.ERROR if failures == 1 else logging.DEBUG,
+                        "cannot rebuild the cache in %s (%s): %s; serving from the network until it can",
+                        self.root, problem, e)
                 await trio.sleep(STATE_CHECK_S)
 
     async def _remove_lost_data(self) -> None:
