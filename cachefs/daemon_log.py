@@ -12,6 +12,7 @@ folder rebuilt after a loss gets a new daemon.log.
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -40,7 +41,7 @@ class AppendFile:
         self._reopen_if_gone()
         written = os.write(self._fd, data)
         if written < len(data):
-            raise OSError(28, "No space left on device (short write)")
+            raise OSError(errno.ENOSPC, "No space left on device (short write)")
 
     def _reopen_if_gone(self) -> None:
         try:
@@ -93,8 +94,9 @@ class DaemonLogHandler(logging.Handler):
             self._main.write(data)
         except OSError as e:
             # On a nearly full disk a short line may fit now and then: keep
-            # to the fallback a while rather than flap between the two.
-            self._retry_at = time.monotonic() + RETRY_S
+            # to the fallback a while rather than flap between the two. A
+            # removed folder comes back at once when the cache is rebuilt.
+            self._retry_at = 0.0 if e.errno == errno.ENOENT else time.monotonic() + RETRY_S
             if self._failing is None:
                 self._failing = e.strerror or str(e)
                 self._to_fallbacks(self._note(record, f"cannot write {self._main.path} ({self._failing}); "

@@ -32,6 +32,16 @@ TMPFS_SIZE = "20m"
 READERS = 8
 
 
+@pytest.fixture(autouse=True)
+def _remove_fallback_logs(tmp_path: Path) -> Iterator[None]:
+    """The daemons keep, for a post-mortem, what daemon.log could not take
+    (a full disk, a removed folder): drop this test's once it is over."""
+    yield
+    for log in STATE_DIR.glob("*.log"):
+        if str(tmp_path) in log.read_text("utf-8", "replace"):
+            log.unlink(missing_ok=True)
+
+
 def small_files(tree: Tree, limit: int = 40) -> list[str]:
     return [r for r in tree.files if r.startswith("small/") and tree.size(r) > 0][:limit]
 
@@ -120,6 +130,54 @@ def test_cache_folder_removed_while_mounted(tree: Tree, store: NginxStore, mount
     check_clean_after(mount, mp, cache, store, tree, rels)
 
 
+@pytest.mark.parametrize("how", ["truncate", "remove"])
+def test_state_lost_under_concurrent_readers(tree: Tree, store: NginxStore, mount: Mounter,
+                                             tmp_path: Path, how: str) -> None:
+    """The loss lands while READERS threads read (cached and new files): the
+    daemon keeps answering and every read gives the right bytes."""
+    cache = tmp_path / "cache"
+    mp = mount(store.url, cache)
+    pid = mount.daemon_pid(mp)
+    rels = small_files(tree, 60) + [f"sizes/{MiB + 1}.bin", f"sizes/{MiB - 1}.bin"]
+    assert read_all(mp, tree, rels[::2]).ok == rels[::2]
+    outcomes: list[ReadOutcome] = []
+    lock = threading.Lock()
+    started = threading.Barrier(READERS + 1)
+
+    def reader(i: int) -> None:
+        started.wait()
+        out = ReadOutcome()
+        for _ in range(3):
+            out.merge(read_all(mp, tree, rels[i::READERS]))
+        with lock:
+            outcomes.append(out)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(READERS)]
+    for t in threads:
+        t.start()
+    started.wait()
+    folder = only_folder(cache)
+    if how == "truncate":
+        for name in ("state.db", "state.db-wal"):
+            os.truncate(folder / name, 0)
+    else:
+        # Moved away first: an rm -rf racing the daemon's rebuild can delete
+        # the daemon.log holding the line this test looks for.
+        gone = tmp_path / "gone"
+        os.rename(folder, gone)
+        shutil.rmtree(gone)
+    for t in threads:
+        t.join(120)
+    total = ReadOutcome()
+    for out in outcomes:
+        total.merge(out)
+    assert len(outcomes) == READERS, "a reader hung"
+    assert pid_alive(pid)
+    assert total.wrong == [] and total.errors == {}, (total.wrong, total.errors)
+    assert wait_until(lambda: lost_lines(cache), NOTICE_S)
+    check_clean_after(mount, mp, cache, store, tree, rels)
+
+
 # -- a full cache disk ---------------------------------------------------------------
 
 
@@ -134,10 +192,6 @@ def small_tmpfs(tmp_path: Path, mount: Mounter) -> Iterator[Path]:
     finally:
         for m in list(mount.mounts):
             mount.cleanup(m.mountpoint)
-        # The daemons keep what daemon.log could not take for a post-mortem.
-        for log in STATE_DIR.glob("*.log"):
-            if str(path) in log.read_text("utf-8", "replace"):
-                log.unlink(missing_ok=True)
         subprocess.run(["umount", str(path)], check=True, capture_output=True)
 
 
