@@ -44,6 +44,9 @@ DEFAULT_MIN_FREE = 1 << 30  # keep 1 GiB free on the cache's disk
 STATE_CHECK_S = 1.0
 SQLITE_MAGIC = b"SQLite format 3\0"
 FORGET_RETRY_S = 5.0
+# SQLite errors after which the database is rebuilt, its files intact or not
+# ("readonly": SQLite's word for a database file moved or removed under it).
+DB_LOST_ERRORS = ("malformed", "not a database", "no such table", "readonly")
 
 
 class CacheBusy(Exception):
@@ -190,8 +193,12 @@ class Cache:
                 return f"{name} was replaced"
         if not _has_sqlite_header(self.db.path):
             return "state.db was truncated or overwritten"
-        if self._broken_db is not None:
-            return f"state.db fails: {self._broken_db}"
+        broken, self._broken_db = self._broken_db, None
+        # Only errors that say the file itself is bad: an I/O error on
+        # intact files (a full disk can cause one) is no reason to forget
+        # the whole cache.
+        if broken is not None and any(word in broken.lower() for word in DB_LOST_ERRORS):
+            return f"state.db fails: {broken}"
         return None
 
     async def _watch_state(self) -> None:
@@ -201,13 +208,16 @@ class Cache:
         file cannot be created; the check is a few stat calls.
         """
         failures = 0
+        pending: str | None = None
         while True:
             with trio.move_on_after(STATE_CHECK_S):
                 await self._state_check.wait()
             self._state_check = trio.Event()
-            problem = self.state_problem()
+            # A rebuild that failed is tried again whatever the files say now.
+            problem = self.state_problem() or (pending if failures else None)
             if problem is None:
                 continue
+            pending = problem
             try:
                 await self._rebuild(problem)
                 failures = 0
