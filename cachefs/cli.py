@@ -15,9 +15,12 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 from cachefs.cache import CacheDirError, default_cache_dir
+from cachefs.cache.fetcher import CHUNK_SIZE
 from cachefs.cache.store import DEFAULT_MIN_FREE, prepare_dir
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
@@ -31,7 +34,9 @@ from . import cli_types, sdnotify
 from .cli_prefetch import PrefetchError
 from .cli_cache import CacheToolError
 from cachefs.remote import S3Options
+from cachefs.remote.s3_address import is_s3_source
 
+from .daemon_log import DaemonLogHandler
 from .daemon import MountConfig, StartupError, daemon_alive, serve, state_file
 
 log = logging.getLogger("cachefs")
@@ -92,10 +97,8 @@ def _setup_logging(level: str, stream: object | None) -> None:
     logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
 
 
-def _log_to_file(path: Path) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+def _log_to_file(path: Path, fallback: Path | None) -> None:
+    logging.getLogger().addHandler(DaemonLogHandler(path, fallback))
 
 
 def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
@@ -111,7 +114,7 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
         reported = True
         if ready_fd is None:
             if error:
-                print(f"cachefs: {error}", file=sys.stderr)
+                print(f"cachefs: {one_line(error)}", file=sys.stderr)
             else:
                 log.info("mounted at %s", config.mountpoint)
                 if warning:
@@ -124,7 +127,9 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
         os.close(ready_fd)
 
     try:
-        trio.run(serve, config, ready, None if ready_fd is None else _log_to_file)
+        # Where the log goes when daemon.log cannot be written (a full disk).
+        fallback = state_file(config.mountpoint).with_suffix(".log")
+        trio.run(serve, config, ready, None if ready_fd is None else lambda p: _log_to_file(p, fallback))
     except StartupError as e:
         ready(str(e))
         return 1
@@ -136,6 +141,19 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
         ready(f"internal error: {e}")
         return 1
     return 0
+
+
+def daemon_environ(source: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a daemon serving `source` starts with.
+
+    Only an s3:// source needs AWS credentials; a daemon of any other kind
+    would keep them readable in /proc/PID/environ for as long as it runs.
+    The environment has to be left out at exec: removing a variable later
+    does not erase it from the process's initial environment block.
+    """
+    if is_s3_source(source):
+        return dict(environ)
+    return {k: v for k, v in environ.items() if not k.upper().startswith("AWS_")}
 
 
 def _daemonize(config: MountConfig, log_level: str) -> int:
@@ -158,8 +176,9 @@ def _daemonize(config: MountConfig, log_level: str) -> int:
         # put the working directory first on sys.path, and a cachefs/ folder
         # there (a checkout, say) would run instead of the installed package.
         try:
-            os.execv(sys.executable, [sys.executable, "-P", "-m", "cachefs.daemon_main",
-                                      "--config-fd", str(config_r), "--ready-fd", str(wfd)])
+            os.execve(sys.executable, [sys.executable, "-P", "-m", "cachefs.daemon_main",
+                                       "--config-fd", str(config_r), "--ready-fd", str(wfd)],
+                      daemon_environ(config.source, os.environ))
         finally:
             os._exit(127)
     os.close(wfd)
@@ -211,10 +230,46 @@ def _stop_daemon(pid: int, mountpoint: str) -> None:
             pass
 
 
+def _identities(path: str) -> list[tuple[str, tuple[int, int]]]:
+    """(path, (st_dev, st_ino)) of `path` and each of its parents that exists."""
+    out = []
+    for p in (path, *map(str, Path(path).parents)):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out.append((p, (st.st_dev, st.st_ino)))
+    return out
+
+
+def check_apart(mountpoint: str, cache_dir: Path) -> None:
+    """Refuse a cache dir at or under the mountpoint, and a mountpoint under
+    the cache dir.
+
+    The daemon would create its data files through its own mount and wait on
+    itself forever (mount, ls and umount hung). Paths are compared resolved,
+    and folders by device and inode too, which catches symlinks and bind
+    mounts of the same folder.
+    """
+    cache = os.path.realpath(cache_dir)
+    mp_ids = _identities(mountpoint)
+    cache_ids = _identities(cache)
+    mp_id = mp_ids[0][1] if mp_ids and mp_ids[0][0] == mountpoint else None
+    cache_id = cache_ids[0][1] if cache_ids and cache_ids[0][0] == cache else None
+    if (cache == mountpoint or Path(cache).is_relative_to(mountpoint)
+            or any(ident == mp_id for _p, ident in cache_ids)):
+        raise UserError(f"cache dir {cache_dir} is inside the mountpoint {mountpoint}; "
+                        "choose a cache dir outside it")
+    if Path(mountpoint).is_relative_to(cache) or any(ident == cache_id for _p, ident in mp_ids):
+        raise UserError(f"mountpoint {mountpoint} is inside the cache dir {cache_dir}; "
+                        "choose a cache dir apart from it")
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = os.path.realpath(args.mountpoint)
     check_mountpoint(mountpoint, args.allow_non_empty)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    check_apart(mountpoint, cache_dir)
     try:
         prepare_dir(cache_dir)
     except CacheDirError as e:
@@ -242,6 +297,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ),
     )
     if args.foreground:
+        # Best effort: this process's initial environment block keeps them.
+        for name in set(os.environ) - set(daemon_environ(config.source, os.environ)):
+            del os.environ[name]
         os.umask(0o077)
         _setup_logging(args.log_level, sys.stderr)
         return run_daemon(config, None)
@@ -285,8 +343,16 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments end in one line, like every other error: the usage
+    block argparse prints first buried the line that says what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {one_line(message)} (usage: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cachefs",
         description="Mount an HTTP or S3 store read-only, cached on local disk; "
         "complete files are read by the kernel (FUSE passthrough).",
@@ -299,11 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cache-dir", help=f"cache directory (default {default_cache_dir()})")
     m.add_argument("--metadata-ttl", type=cli_types.seconds, default=60.0, metavar="SECONDS",
                    help="how long listings and attributes are trusted (default 60)")
-    m.add_argument("--cache-size", type=cli_types.size, metavar="SIZE",
+    m.add_argument("--cache-size", type=cli_types.size_at_least(CHUNK_SIZE, " (one chunk)"), metavar="SIZE",
                    help="evict least recently used files to keep the cache under SIZE (e.g. 20G)")
     m.add_argument("--min-free", type=cli_types.size, default=DEFAULT_MIN_FREE, metavar="SIZE",
                    help="evict to keep at least SIZE free on the cache's disk (default 1G)")
-    m.add_argument("--proxy", metavar="URL", help="HTTP proxy for all requests")
+    m.add_argument("--proxy", type=cli_types.proxy_url, metavar="URL", help="HTTP proxy for all requests")
     m.add_argument("--request-timeout", type=cli_types.seconds_between(*REQUEST_TIMEOUT_RANGE),
                    default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
                    help="a request fails once it has taken SECONDS plus 1 s per --min-rate bytes of "
@@ -348,15 +414,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters escaped: a path holding a newline
+    must not split an error message over two lines."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+# What a shell reports for a command killed by SIGPIPE (Python ignores it).
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        # Inside the try: output smaller than the buffer is written only here.
+        sys.stdout.flush()
+        return status
     except (UserError, PrefetchError, CacheToolError) as e:
-        print(f"cachefs: {e}", file=sys.stderr)
+        print(f"cachefs: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`cachefs status --json | head`): not an
+        # error of ours. Point stdout at /dev/null so that the interpreter's
+        # own flush at exit does not fail again with a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from .units import parse_size
 
@@ -24,23 +26,49 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+# The kernel is handed the metadata TTL as whole seconds plus nanoseconds, and
+# listings compare it with clock differences: nan or a huge value breaks
+# both (nan failed every lookup with EIO). A year is already "forever".
+MAX_SECONDS = 365 * 86400
+# Past any disk; SQLite's integers (64-bit) and byte counts stay exact below it.
+MAX_SIZE = 1 << 60
+
+
 def seconds(text: str) -> float:
-    """A duration, zero or more."""
+    """A duration from 0 to MAX_SECONDS."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS} (a year): {text!r}")
     return value
 
 
 def size(text: str) -> int:
-    """A size such as 500M or 10G."""
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    """A size such as 500M or 10G, up to MAX_SIZE."""
+    return size_at_least(0)(text)
+
+
+def size_at_least(low: int, why: str = "") -> Callable[[str], int]:
+    """A size from `low` to MAX_SIZE; `why` explains the lower bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_size(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if value > MAX_SIZE:
+            raise argparse.ArgumentTypeError(f"too large (at most {MAX_SIZE >> 40}T): {text!r}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low >> 20}M{why}: {text!r}")
+        return value
+
+    return parse
 
 
 def seconds_between(low: float, high: float) -> Callable[[str], float]:
@@ -65,3 +93,25 @@ def size_between(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def proxy_url(text: str) -> str:
+    """An http:// or https:// proxy URL. The message never repeats the URL,
+    which may hold a password."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("the proxy URL is malformed") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        # httpx speaks SOCKS only with an extra package we do not install.
+        shown = f"{scheme}://" if scheme else "no scheme"
+        raise argparse.ArgumentTypeError(
+            f"unsupported proxy scheme ({shown}); use an http:// or https:// proxy")
+    if not parts.hostname:
+        raise argparse.ArgumentTypeError("the proxy URL has no host name")
+    try:
+        parts.port
+    except ValueError:
+        raise argparse.ArgumentTypeError("the proxy URL has a bad port") from None
+    return text

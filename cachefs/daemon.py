@@ -173,8 +173,16 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
             log_path(cache.root / "daemon.log")
         try:
             await _serve_mounted(config, cache, ready)
-        finally:
+        except StartupError:
+            # Nothing was served: a folder made for this mount only would
+            # be left empty (the reason goes to the user, not the log).
             cache.close()
+            cache.discard_new()
+            raise
+        except BaseException:
+            cache.close()
+            raise
+        cache.close()
     finally:
         with trio.CancelScope(shield=True):
             await remote.aclose()
@@ -214,7 +222,12 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
             await nursery.start(fs.run)
             prefetcher = Prefetcher(cache, fs.listings, nursery)
             await nursery.start(control_server.serve, control, Commands(fs, prefetcher).handlers())
-            _write_state(state, config, cache, control)
+            try:
+                _write_state(state, config, cache, control)
+            except OSError as e:
+                # The mount serves without it; only `cachefs umount` and
+                # `status` cannot find this daemon by its mountpoint.
+                log.error("cannot write the state file %s: %s", state, e.strerror or e)
             await session.run()
             nursery.cancel_scope.cancel()
     finally:

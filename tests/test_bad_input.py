@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from _reliability import checked_read, fsck, fsck_problems, log_lines, log_text, only_folder
-from conftest import Mounter, Tree, is_mounted, wait_until
+from conftest import STATE_DIR, Mounter, Tree, is_mounted, wait_until
 from test_cli_errors import assert_one_line_error
 
 from cachefs.localstore import NginxStore
@@ -157,6 +157,10 @@ def small_tmpfs(tmp_path: Path, mount: Mounter) -> Iterator[Path]:
         # The daemons hold files in it: unmount them first.
         for m in list(mount.mounts):
             mount.cleanup(m.mountpoint)
+        # The daemons keep what daemon.log could not take for a post-mortem.
+        for log in STATE_DIR.glob("*.log"):
+            if str(path) in log.read_text("utf-8", "replace"):
+                log.unlink(missing_ok=True)
         subprocess.run(["umount", str(path)], check=True, capture_output=True)
 
 

@@ -9,10 +9,12 @@ waits for a commit or an fsync.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,9 +26,40 @@ from cachefs.migrations import MIGRATIONS
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 class CorruptDatabase(Exception):
     """The database file cannot be opened or migrated."""
+
+
+class DatabaseLocked(CorruptDatabase):
+    """Another process holds a lock on the database (an sqlite3 shell...)."""
+
+
+class StateLost(sqlite3.DatabaseError):
+    """The database failed in a way a full disk or a lock does not explain
+    (truncated, removed, replaced...); the cache checks and rebuilds it."""
+
+
+# SQLite errors that say nothing about the file itself being lost.
+_TRANSIENT = ("full", "locked", "busy", "interrupted")
+
+
+def is_transient(error: sqlite3.Error) -> bool:
+    return any(word in str(error).lower() for word in _TRANSIENT)
+
+
+# How long opening the database waits for another process's lock: long
+# enough for a passing transaction, short enough that `cachefs mount` says
+# why it cannot start instead of seeming to hang.
+OPEN_BUSY_TIMEOUT_S = 5.0
+# Once open, writes (on their own thread) wait this long for a lock.
+BUSY_TIMEOUT_S = 30.0
+# Reads run on the event loop, where a wait stalls every request; under WAL
+# they wait only while a damaged WAL index is recovered. A read that gives
+# up finds "nothing cached", which is safe.
+READ_BUSY_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,8 +97,8 @@ def _object_row(row: tuple) -> ObjectRow:
     return ObjectRow(*row[:8], complete=bool(row[8]), validator=row[9])
 
 
-def _connect(path: Path, *, check_same_thread: bool) -> Database:
-    conn = sqlite3.connect(path, check_same_thread=check_same_thread, timeout=30)
+def _connect(path: Path, *, check_same_thread: bool, timeout: float = BUSY_TIMEOUT_S) -> Database:
+    conn = sqlite3.connect(path, check_same_thread=check_same_thread, timeout=timeout)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -77,18 +110,66 @@ class CacheDB:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self._writer = _connect(path, check_same_thread=False)
-            MIGRATIONS.apply(self._writer)
-            self._reader = _connect(path, check_same_thread=True)
-        except sqlite3.DatabaseError as e:
-            raise CorruptDatabase(f"cache database {path} is unusable: {e}") from e
+        # Called (on the event loop) when a query fails as if the file were
+        # lost; the cache then checks the files and rebuilds them if so.
+        self.on_failure: Callable[[Exception], None] = lambda _e: None
+        # Set while the cache rebuilds a lost database: reads find nothing
+        # and writes fail, so that no row of the old one is used meanwhile.
+        self.lost = False
+        self._connect_all()
         self._write_limiter = trio.CapacityLimiter(1)
+        self._listing_warned = False
+
+    def _connect_all(self) -> None:
+        with self._opening():
+            self._writer = _connect(self.path, check_same_thread=False, timeout=OPEN_BUSY_TIMEOUT_S)
+            MIGRATIONS.apply(self._writer)
+            self._reader = _connect(self.path, check_same_thread=True, timeout=READ_BUSY_TIMEOUT_S)
+
+    async def recreate(self, source: str) -> None:
+        """Start over with an empty database at the same path (the old one is
+        lost): every row, pin and listing is forgotten."""
+        self.lost = True
+        async with self._write_limiter:
+            self.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._connect_all()
+            self.set_meta("source", source)
+        self.lost = False
+
+    def _read(self, query: Callable[[], T], default: T) -> T:
+        """Run a read; a failing database reads as "nothing cached", which
+        is always safe (what is missing is fetched again)."""
+        if self.lost:
+            return default
+        try:
+            return query()
+        except sqlite3.Error as e:
+            if not is_transient(e):
+                self.on_failure(e)
+            return default
+
+    @contextlib.contextmanager
+    def _opening(self) -> Iterator[None]:
+        """Turn SQLite's errors while opening into one-line ones."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise DatabaseLocked(
+                    f"cache database {self.path} is locked by another process "
+                    f"(still after {OPEN_BUSY_TIMEOUT_S:g} s)") from e
+            raise CorruptDatabase(f"cache database {self.path} is unusable: {e}") from e
+        except sqlite3.DatabaseError as e:
+            raise CorruptDatabase(f"cache database {self.path} is unusable: {e}") from e
 
     def set_meta(self, key: str, value: str) -> None:
-        """A setting of this cache; written once at start-up, before serving."""
-        with self._writer.conn:
+        """A setting of this cache; written once at start-up, before serving.
+        Ends the opening: later writes wait longer for a lock."""
+        with self._opening(), self._writer.conn:
             self._writer.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self._writer.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
 
     def close(self) -> None:
         self._reader.conn.close()
@@ -98,34 +179,48 @@ class CacheDB:
         """Run `fn(db)` in one transaction on the writer thread."""
 
         def run() -> T:
+            if self.lost:
+                raise StateLost("the cache database is being rebuilt")
             with self._writer.conn:
                 return fn(self._writer)
 
-        return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+        try:
+            return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+        except sqlite3.Error as e:
+            if is_transient(e) or isinstance(e, StateLost):
+                raise
+            self.on_failure(e)
+            raise StateLost(str(e)) from e
 
     # --- objects -------------------------------------------------------------
 
     def find_object(self, key: str, version: str) -> ObjectRow | None:
-        row = self._reader.conn.execute(
-            f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE key = ? AND version = ?", (key, version)
-        ).fetchone()
-        return _object_row(row) if row else None
+        def query() -> ObjectRow | None:
+            row = self._reader.conn.execute(
+                f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE key = ? AND version = ?", (key, version)
+            ).fetchone()
+            return _object_row(row) if row else None
+
+        return self._read(query, None)
 
     def chunks_of(self, object_id: int) -> set[int]:
-        rows = self._reader.conn.execute("SELECT idx FROM chunks WHERE object_id = ?", (object_id,))
-        return {r[0] for r in rows}
+        def query() -> set[int]:
+            rows = self._reader.conn.execute("SELECT idx FROM chunks WHERE object_id = ?", (object_id,))
+            return {r[0] for r in rows}
+
+        return self._read(query, set())
 
     def bytes_cached(self) -> int:
-        return self._reader.conn.execute("SELECT COALESCE(SUM(bytes_cached), 0) FROM objects").fetchone()[0]
+        return self._read(lambda: self._reader.conn.execute(
+            "SELECT COALESCE(SUM(bytes_cached), 0) FROM objects").fetchone()[0], 0)
 
     def eviction_candidates(self, limit: int) -> list[ObjectRow]:
         """Cached objects not pinned, least recently opened first."""
-        rows = self._reader.conn.execute(
+        return self._read(lambda: [_object_row(r) for r in self._reader.conn.execute(
             f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bytes_cached > 0"
             " AND key NOT IN (SELECT key FROM pins) ORDER BY last_access LIMIT ?",
             (limit,),
-        )
-        return [_object_row(r) for r in rows]
+        )], [])
 
     def objects_under(self, path: str) -> list[ObjectRow]:
         """Objects at `path` or below it ('' is every object)."""
@@ -231,15 +326,20 @@ class CacheDB:
         return await self.write(unpin)
 
     def is_pinned(self, key: str) -> bool:
-        return self._reader.conn.execute("SELECT 1 FROM pins WHERE key = ?", (key,)).fetchone() is not None
+        # Unknown reads as pinned: kept from eviction, the safe side.
+        return self._read(lambda: self._reader.conn.execute(
+            "SELECT 1 FROM pins WHERE key = ?", (key,)).fetchone() is not None, True)
 
     # --- listings ------------------------------------------------------------
 
     def get_listing(self, path: str) -> tuple[float, list[dict]] | None:
-        row = self._reader.conn.execute(
-            "SELECT fetched_at, entries FROM listings WHERE path = ?", (path,)
-        ).fetchone()
-        return (row[0], json.loads(row[1])) if row else None
+        def query() -> tuple[float, list[dict]] | None:
+            row = self._reader.conn.execute(
+                "SELECT fetched_at, entries FROM listings WHERE path = ?", (path,)
+            ).fetchone()
+            return (row[0], json.loads(row[1])) if row else None
+
+        return self._read(query, None)
 
     async def put_listing(self, path: str, fetched_at: float, entries: list[dict]) -> None:
         payload = json.dumps(entries, separators=(",", ":"))
@@ -250,4 +350,13 @@ class CacheDB:
                 (path, fetched_at, payload),
             )
 
-        await self.write(put)
+        try:
+            await self.write(put)
+        except sqlite3.Error as e:
+            # Only a copy for offline use: the listing itself is in memory.
+            # A full disk must not fail `ls`.
+            if not self._listing_warned:
+                self._listing_warned = True
+                log.warning("cannot store directory listings in %s (%s); they are kept in memory", self.path, e)
+            return
+        self._listing_warned = False

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 5.0  # seconds between checks of the free-space floor
 CANDIDATES_PER_ROUND = 256
+# Free space when it cannot be measured: no eviction for the floor; a disk
+# that is really full still answers ENOSPC, which the fetcher handles.
+UNKNOWN_FREE = 1 << 62
 
 
 @dataclass
@@ -71,8 +74,16 @@ class Evictor:
     # --- accounting ----------------------------------------------------------
 
     def _free_disk(self) -> int:
-        st = os.statvfs(self._db.path.parent)
-        return st.f_bavail * st.f_frsize
+        # The cache folder may be gone for a moment (removed under a running
+        # daemon, which rebuilds it): ask its parent, on the same disk as a
+        # rule, rather than fail the download.
+        for folder in (self._db.path.parent, self._db.path.parent.parent):
+            try:
+                st = os.statvfs(folder)
+            except OSError:
+                continue
+            return st.f_bavail * st.f_frsize
+        return UNKNOWN_FREE
 
     def _excess(self, incoming: int = 0) -> int:
         """Bytes to free before `incoming` more bytes may be written."""

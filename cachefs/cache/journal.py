@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import NamedTuple
 import trio
 from sqlite_utils import Database
 
-from .db import CacheDB, ChunkRecord
+from .db import CacheDB, ChunkRecord, StateLost
 from .objects import CachedObject
 
 log = logging.getLogger(__name__)
@@ -122,16 +123,28 @@ class Journal:
             if accessed:
                 try:
                     await self._db.write(lambda db: CacheDB.touch(db, accessed))
+                except StateLost:
+                    pass  # said once by the cache, which rebuilds
+                except sqlite3.OperationalError as e:
+                    log.error("could not record access times: %s", e)
                 except Exception:
                     log.exception("could not record access times")
             if batch:
                 try:
                     failed = await trio.to_thread.run_sync(self._sync_files, batch)
                     durable = self._forget_unsynced(batch, failed) if failed else batch
-                    new_ids = await self._db.write(lambda db: self._record(db, durable))
+                    durable = [entry for entry in durable if not entry.obj.detached]
+                    new_ids = await self._db.write(lambda db: self._record(db, durable)) if durable else {}
                     # Only now, after the commit, do the new rows exist.
                     for obj, object_id in new_ids.items():
-                        obj.object_id = object_id
+                        if not obj.detached:  # a rebuild came between: the row is in the old database
+                            obj.object_id = object_id
+                except StateLost:
+                    # The cache says so once, and rebuilds; not recording is safe.
+                    log.debug("could not record %d cached chunks: the database is lost", len(batch))
+                except sqlite3.OperationalError as e:
+                    # A full disk, a lock: one line, not a traceback a batch.
+                    log.error("could not record %d cached chunks: %s", len(batch), e)
                 except Exception:
                     # Not recording is always safe: the chunks are fetched again.
                     log.exception("could not record %d cached chunks", len(batch))

@@ -109,6 +109,9 @@ class CachedObject:
     def __post_init__(self) -> None:
         if self.pin is None:
             self.pin = Pin(self.size)
+    # Its database was lost and rebuilt while it was open: it goes on
+    # serving from its open file, but nothing of it is recorded any more.
+    detached: bool = False
 
     @property
     def nchunks(self) -> int:
@@ -156,8 +159,11 @@ class CachedObject:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the descriptor is gone all the same (close(2))
 
 
 # preadv2 flag (linux/fs.h, 6.14+): pages a read has to bring in are dropped

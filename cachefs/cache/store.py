@@ -16,15 +16,17 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from cachefs.remote import Pin, Remote
 
-from .db import CacheDB, ObjectRow
+from .db import CacheDB, CorruptDatabase, ObjectRow
 from .evictor import EvictResult, Evictor
 from .fanout import data_path, make_data_dir
 from .fetcher import CHUNK_SIZE, ChunkFetcher
@@ -38,6 +40,14 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 DEFAULT_MIN_FREE = 1 << 30  # keep 1 GiB free on the cache's disk
+# How often the daemon checks that its state.db and data folder are still
+# there (a few stat calls).
+STATE_CHECK_S = 1.0
+SQLITE_MAGIC = b"SQLite format 3\0"
+FORGET_RETRY_S = 5.0
+# SQLite errors after which the database is rebuilt, its files intact or not
+# ("readonly": SQLite's word for a database file moved or removed under it).
+DB_LOST_ERRORS = ("malformed", "not a database", "no such table", "readonly")
 
 
 class CacheBusy(Exception):
@@ -84,15 +94,31 @@ class Cache:
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         self.root = source_dir(cache_dir, remote.source)
-        prepare_dir(self.root)
-        self.data_dir = self.root / DATA_NAME
-        make_data_dir(self.data_dir)
-        self._lock_fd = self._take_lock()
-        self.db = CacheDB(self.root / "state.db")
-        # The folder is named by a hash of the source: keep the source itself
-        # so offline tools (fsck --verify-remote) can reach it.
-        self.db.set_meta("source", remote.source)
+        # A mount that fails removes the folder it made (`discard_new`).
+        self.created = not self.root.exists()
+        try:
+            prepare_dir(self.root)
+            self.data_dir = self.root / DATA_NAME
+            make_data_dir(self.data_dir)
+            self._lock_fd = self._take_lock()
+        except BaseException:
+            self._remove_if_created()
+            raise
+        try:
+            self.db = CacheDB(self.root / "state.db")
+            # The folder is named by a hash of the source: keep the source itself
+            # so offline tools (fsck --verify-remote) can reach it.
+            self.db.set_meta("source", remote.source)
+        except BaseException:
+            os.close(self._lock_fd)
+            self._remove_if_created()
+            raise
         self.remote = remote
+        self.db.on_failure = self._db_failed
+        # What the daemon opened, to notice it replaced or removed (`_watch_state`).
+        self._identity = self._current_identity()
+        self._state_check = trio.Event()
+        self.rebuilds = 0
         self.chunk_size = chunk_size
         self._objects: dict[tuple[str, str], CachedObject] = {}
         self._forgetting: set[int] = set()  # object ids whose chunk rows are being deleted
@@ -125,6 +151,8 @@ class Cache:
                     self.remote, self.journal, self.evictor, nursery, self.release, self.discard)
                 nursery.start_soon(self.journal.run)
                 nursery.start_soon(self.evictor.run)
+                nursery.start_soon(self._watch_state)
+                nursery.start_soon(self._remove_lost_data)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -136,6 +164,124 @@ class Cache:
         self._objects.clear()
         self.db.close()
         os.close(self._lock_fd)
+
+    def discard_new(self) -> None:
+        """After `close`: remove the folder if this cache made it, for a
+        mount that failed to start (it holds nothing worth keeping)."""
+        self._remove_if_created()
+
+    def _remove_if_created(self) -> None:
+        if self.created:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # --- lost state ----------------------------------------------------------
+
+    def _current_identity(self) -> StateIdentity:
+        return StateIdentity(
+            root=_file_id(self.root), db=_file_id(self.db.path), data=_file_id(self.data_dir),
+            lock=_file_id(self.root / "lock"),
+        )
+
+    def _db_failed(self, error: Exception) -> None:
+        log.debug("cache database query failed: %s", error)
+        self._broken_db = str(error)
+        self._state_check.set()
+
+    _broken_db: str | None = None
+
+    def state_problem(self) -> str | None:
+        """Why the cache's files are no longer those the daemon opened, if they are not."""
+        now = self._current_identity()
+        for name, was, is_ in (("the cache folder", self._identity.root, now.root),
+                               ("state.db", self._identity.db, now.db),
+                               ("the data folder", self._identity.data, now.data)):
+            if is_ is None:
+                return f"{name} was removed"
+            if is_ != was:
+                return f"{name} was replaced"
+        if not _has_sqlite_header(self.db.path):
+            return "state.db was truncated or overwritten"
+        broken, self._broken_db = self._broken_db, None
+        # Only errors that say the file itself is bad: an I/O error on
+        # intact files (a full disk can cause one) is no reason to forget
+        # the whole cache.
+        if broken is not None and any(word in broken.lower() for word in DB_LOST_ERRORS):
+            return f"state.db fails: {broken}"
+        return None
+
+    async def _watch_state(self) -> None:
+        """Notice a lost state.db or data folder, say so once, and start over.
+
+        Checked every STATE_CHECK_S and at once when SQLite fails or a data
+        file cannot be created; the check is a few stat calls.
+        """
+        failures = 0
+        pending: str | None = None
+        while True:
+            with trio.move_on_after(STATE_CHECK_S):
+                await self._state_check.wait()
+            self._state_check = trio.Event()
+            # A rebuild that failed is tried again whatever the files say now.
+            problem = self.state_problem() or (pending if failures else None)
+            if problem is None:
+                continue
+            pending = problem
+            try:
+                await self._rebuild(problem)
+                failures = 0
+            except (OSError, sqlite3.Error, CorruptDatabase, CacheBusy) as e:
+                # The disk may be full or gone too; try again at the next
+                # check, saying so once. Meanwhile nothing is cached or
+                # read from the cache (`db.lost`): reads go to the network.
+                failures += 1
+                log.log(logging.ERROR if failures == 1 else logging.DEBUG,
+                        "cannot rebuild the cache in %s (%s): %s; serving from the network until it can",
+                        self.root, problem, e)
+                await trio.sleep(STATE_CHECK_S)
+
+    async def _remove_lost_data(self) -> None:
+        """Finish removing data folders set aside by a rebuild in a daemon
+        that stopped before it was done (fsck looks only at `data`)."""
+        for aside in self.root.glob(f"{DATA_NAME}.lost-*"):
+            await trio.to_thread.run_sync(shutil.rmtree, aside, True)
+
+    async def _rebuild(self, problem: str) -> None:
+        """A fresh state.db and data folder; what was cached is forgotten.
+
+        Open objects keep their data files open and go on serving what this
+        process wrote or read in them, unrecorded. Nothing of the old files is
+        trusted again: the old data folder is removed, and rows come only
+        from chunks written after this.
+        """
+        # From here on no row of the old database is read or written, and
+        # no id of it is used (`_forget_chunks`).
+        self.db.lost = True
+        self.rebuilds += 1
+        prepare_dir(self.root)
+        if _file_id(self.data_dir) is not None:
+            # Data files the new database knows nothing of: out of the way
+            # at once, removed in the background.
+            aside = self.root / f"{DATA_NAME}.lost-{os.getpid()}-{self.rebuilds}"
+            os.rename(self.data_dir, aside)
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.to_thread.run_sync, shutil.rmtree, aside, True)
+        make_data_dir(self.data_dir)
+        if self._identity.lock != _file_id(self.root / "lock"):
+            old_fd = self._lock_fd
+            try:
+                self._lock_fd = self._take_lock()
+            finally:
+                os.close(old_fd)
+        for obj in self._objects.values():
+            obj.detached = True
+            obj.object_id = None
+        self._forgetting.clear()
+        await self.db.recreate(self.remote.source)
+        self.evictor.used_bytes = 0
+        self._broken_db = None
+        self._identity = self._current_identity()
+        log.error("cache state in %s was lost (%s): started a new, empty cache there; "
+                  "what was cached (and pinned) is fetched again", self.root, problem)
 
     @property
     def fetcher(self) -> ChunkFetcher:
@@ -221,7 +367,12 @@ class Cache:
                 # Nothing of it was ever recorded, so nothing in the file
                 # will be trusted: remove it rather than leave an orphan. Done
                 # here, before any other task runs, so no new open can race it.
-                obj.path.unlink(missing_ok=True)
+                try:
+                    obj.path.unlink(missing_ok=True)
+                except OSError as e:
+                    # An orphan for fsck; release runs inside the journal's
+                    # flush, which an exception would end, and the daemon with it.
+                    log.warning("cannot remove the unrecorded data file of %s: %s", obj.key, e.strerror)
 
     def _load(
         self, key: str, version: str, size: int, mtime: float, row: ObjectRow | None = None
@@ -236,7 +387,17 @@ class Cache:
         # Inline, not in a worker thread: with the data folder spread over
         # block groups (fanout.py) creating a file takes ~20 µs, less than
         # the thread hop would.
-        fd, found_size = _open_data_file(path, size)
+        try:
+            fd, found_size = _open_data_file(path, size)
+        except FileNotFoundError:
+            # Its subfolder is gone (the data folder was emptied or removed):
+            # make the folders again so this open works, and have the
+            # watcher look at the rest. A new file's size (0) never
+            # matches a row, so nothing recorded is trusted below.
+            self._state_check.set()
+            prepare_dir(self.root)
+            make_data_dir(self.data_dir)
+            fd, found_size = _open_data_file(path, size)
         present: set[int] = set()
         if row is not None and row.id not in self._forgetting:
             present = self.db.chunks_of(row.id)
@@ -253,7 +414,7 @@ class Cache:
                 present = set()
                 self._forgetting.add(row.id)
                 assert self._nursery is not None
-                self._nursery.start_soon(self._forget_chunks, row.id)
+                self._nursery.start_soon(self._forget_chunks, row.id, self.rebuilds)
         chunk_size = row.chunk_size if row else self.chunk_size
         # Only chunks held bind the version later chunks must be of.
         pin = Pin(size, row.validator if row is not None and present else None)
@@ -316,13 +477,20 @@ class Cache:
             done.set()
             self.release(obj)
 
-    async def _forget_chunks(self, object_id: int) -> None:
+    async def _forget_chunks(self, object_id: int, generation: int) -> None:
         # Until the rows are gone, a new load must not trust them: the file
         # was already cut to the new size, so its size no longer tells.
-        try:
-            await self.db.forget_chunks(object_id)
-        finally:
+        # A failure (the disk is full) must neither end the daemon nor let
+        # the rows be trusted again: keep trying while this process runs.
+        while generation == self.rebuilds:  # else the id is of a lost database
+            try:
+                await self.db.forget_chunks(object_id)
+            except sqlite3.Error as e:
+                log.warning("cannot forget the chunks of object %d yet: %s", object_id, e)
+                await trio.sleep(FORGET_RETRY_S)
+                continue
             self._forgetting.discard(object_id)
+            return
 
     async def ensure(self, obj: CachedObject, offset: int, size: int, ahead: int = 0,
                      priority: Priority = Priority.DEMAND) -> None:
@@ -377,6 +545,32 @@ class Cache:
             self.fetcher.start(obj, range(obj.nchunks), Priority.BACKGROUND)
         finally:
             self.release(obj)
+
+
+@dataclass(frozen=True)
+class StateIdentity:
+    """(st_dev, st_ino) of the cache's files when opened; None: missing."""
+
+    root: tuple[int, int] | None
+    db: tuple[int, int] | None
+    data: tuple[int, int] | None
+    lock: tuple[int, int] | None
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _has_sqlite_header(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def _size_to(fd: int, size: int) -> int:

@@ -340,7 +340,14 @@ class Filesystem:
         if inode.backing_id:
             return True
         assert self._backing is not None
-        fd = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # Through the daemon's own descriptor: the same file even when
+            # the cache folder was removed or rebuilt under us since.
+            fd = os.open(f"/proc/self/fd/{obj.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            # The cache folder was removed under us (the cache rebuilds it).
+            log.warning("passthrough for %r failed (%s); serving it from the daemon", inode.path, e)
+            return False
         try:
             inode.backing_id = self._backing.open(fd)
         except BackingError as e:

@@ -81,6 +81,10 @@ def open_remote(
         raise ValueError(f"source {source!r} has no host name")
     if parts.query or parts.fragment:
         raise ValueError(f"source {source!r} must not have a query or fragment")
+    try:
+        parts.port  # checked on first use only, which was the first request
+    except ValueError:
+        raise ValueError(f"source {source!r} has a bad port (want a number from 0 to 65535)") from None
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
     # user:password@ becomes basic auth, kept out of the source string that
     # the mount table, logs, cache folder names and SQLite show.
