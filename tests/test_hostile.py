@@ -272,9 +272,13 @@ def test_bad_sizes_skip_only_their_entries(mount: Mounter) -> None:
 
 
 def assert_daemon_gone(cache_dir: Path) -> None:
-    """No daemon holds the cache's lock: the one that failed has exited."""
+    """No daemon holds the cache's lock: the one that failed has exited.
+
+    A failed mount removes the source folder it made, after giving up its
+    lock; no folder then means no lock held."""
     locks = list(cache_dir.glob("*/lock"))
-    assert locks, f"no cache folder under {cache_dir}"
+    if not locks:
+        return
 
     def free() -> bool:
         fd = os.open(locks[0], os.O_RDWR)
