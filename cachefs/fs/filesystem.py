@@ -257,9 +257,7 @@ class Filesystem:
         current = listing.entries.get(name) if listing is not None else None
         if current is None or current.version != inode.version:
             try:
-                current = await self.cache.remote.stat(inode.path)
-            except NotFound:
-                current = None
+                current = await self._stat_remote(inode.path)
             except RemoteError as e:
                 # Offline or failing: keep serving the version we have.
                 log.debug("cannot revalidate %r: %s", inode.path, e)
@@ -271,10 +269,23 @@ class Filesystem:
             self._changed_paths.discard(inode.path)
             return
         log.info("%r changed on the remote; new opens get the new version", inode.path)
+        await self._record_entry(inode, current)
+        raise FuseError(errno.ESTALE if current is not None else errno.ENOENT)
+
+    async def _stat_remote(self, path: str) -> RemoteEntry | None:
+        """What the remote has at `path` now (None: nothing); RemoteError if it cannot tell."""
+        try:
+            return await self.cache.remote.stat(path)
+        except NotFound:
+            return None
+
+    async def _record_entry(self, inode: Inode, current: RemoteEntry | None) -> None:
+        """Put `current` (what the remote has at `inode`'s path) into its listing,
+        and drop the kernel's dentry, so the next lookup sees it."""
+        directory, name = split_path(inode.path)
         await self.listings.update_entry(directory, name, current and _renamed(current, name))
         self._changed_paths.discard(inode.path)
         await self._invalidate_dentry(directory, name)
-        raise FuseError(errno.ESTALE if current is not None else errno.ENOENT)
 
     async def _invalidate_dentry(self, directory: str, name: str) -> None:
         parent = self.inodes.find_dir(directory)
@@ -298,17 +309,12 @@ class Filesystem:
     async def _refresh_entry(self, inode: Inode) -> None:
         """Put what the remote has now at `inode`'s path into its listing, and
         drop the kernel's dentry; ENOENT if the remote has nothing there."""
-        directory, name = split_path(inode.path)
         try:
-            current = await self.cache.remote.stat(inode.path)
-        except NotFound:
-            current = None
+            current = await self._stat_remote(inode.path)
         except RemoteError as e:
             log.warning("cannot ask the remote about %r: %s", inode.path, e)
             raise FuseError(e.errno) from e
-        await self.listings.update_entry(directory, name, current and _renamed(current, name))
-        self._changed_paths.discard(inode.path)
-        await self._invalidate_dentry(directory, name)
+        await self._record_entry(inode, current)
         if current is None:
             raise FuseError(errno.ENOENT)
 
