@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from cachefs.kernel import mounting
+from cachefs.runtime import running_mounts
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -256,8 +257,6 @@ class Daemon:
 
 
 def daemon_of(mountpoint: Path) -> Daemon:
-    from cachefs.cli_cache import running_mounts
-
     target = os.path.realpath(mountpoint)
     for holder in running_mounts():
         if holder.mountpoint == target:

@@ -57,3 +57,11 @@ def request(socket_path: Path, message: dict, timeout: float | None = 30.0) -> I
                 if "error" in reply:
                     raise ControlError(reply["error"])
                 yield reply
+
+
+def locate_all(paths: list[str]) -> tuple[str, list[str]]:
+    """The one cachefs mount all `paths` are in, and their keys in it."""
+    targets = [locate(p) for p in paths]
+    if len({t.mountpoint for t in targets}) > 1:
+        raise ControlError("the paths are in different mounts; run one command per mount")
+    return targets[0].mountpoint, [t.key for t in targets]

@@ -22,10 +22,10 @@ from .base import (
     VersionChanged,
     WrongCredentials,
 )
-from .http_index import HttpIndexRemote
-from .httpcommon import RequestLimits
-from .s3 import S3Remote
-from .s3_address import S3Options, is_s3_source, parse_s3_source
+from .http.client import RequestLimits
+from .http.index import HttpIndexRemote
+from .s3.address import S3Options, is_s3_source, parse_s3_source
+from .s3.remote import S3Remote
 
 __all__ = [
     "AccessDenied",

@@ -1,0 +1,214 @@
+"""The mount daemon: wires remote, cache, filesystem and kernel session.
+
+`serve` runs one mount until it is unmounted (from outside, by `cachefs
+umount`, or on SIGINT/SIGTERM). It reports readiness exactly once through the
+`ready` callback: None once the kernel has finished INIT (the mount answers),
+or a one-line reason why the mount could not be made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from cachefs.cache import Cache, CacheBusy, CacheDirError
+from cachefs.cache.store import DEFAULT_MIN_FREE
+from cachefs.cache.db import CorruptDatabase
+from cachefs.control import server as control_server
+from cachefs.control.commands import Commands
+from cachefs.fs import Filesystem
+from cachefs.fs.prefetch import Prefetcher
+from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
+from cachefs.kernel.mounting import FSTYPE, set_read_ahead
+from cachefs.remote import NotFound, RemoteError, RequestLimits, S3Options, open_remote
+from cachefs.remote.health import WatchedRemote
+from cachefs.runtime import Holder, RuntimeDirError, prepare_runtime_dir, state_file, write_state
+from cachefs.remote.http.client import (
+    DEFAULT_MAX_LISTING_BYTES,
+    DEFAULT_MIN_RATE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+)
+
+log = logging.getLogger(__name__)
+
+# Kernel read-ahead in files of the mount: one chunk (see set_read_ahead).
+READ_AHEAD_KIB = 8 * 1024
+
+
+# ready(error, warning): error None means mounted; a warning still mounts.
+Ready = Callable[[str | None, str | None], None]
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    source: str
+    mountpoint: str
+    cache_dir: Path
+    metadata_ttl: float = 60.0
+    cap_bytes: int | None = None
+    min_free_bytes: int = DEFAULT_MIN_FREE
+    proxy: str | None = None
+    allow_other: bool = False
+    passthrough: bool = True
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    min_rate: int = DEFAULT_MIN_RATE
+    max_listing_size: int = DEFAULT_MAX_LISTING_BYTES
+    # The daemon gives up on a source that has not answered after this long
+    # (None: never). `cachefs mount` sets it a little below its own wait, so
+    # that it can report why, and no daemon stays whose mount it reported failed.
+    startup_timeout: float | None = None
+    # Endpoint, region, profile... for s3:// sources; must stay default otherwise.
+    s3: S3Options = S3Options()
+
+    def to_dict(self) -> dict:
+        """Plain data, to hand the configuration to a detached daemon."""
+        d = dataclasses.asdict(self)
+        d["cache_dir"] = str(self.cache_dir)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MountConfig":
+        return cls(**{**d, "cache_dir": Path(d["cache_dir"]), "s3": S3Options(**d["s3"])})
+
+
+class StartupError(Exception):
+    """The mount cannot be made; the message says why, in one line."""
+
+
+async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
+    """Check the source; returns a warning when only the cache can serve it."""
+    # Listing the root through the filesystem both checks the source and
+    # warms the listing the first lookup needs.
+    source = fs.cache.remote.source
+    try:
+        await fs.listings.get("")
+    except RemoteError as e:
+        # A remote that knows what went wrong (no such bucket, wrong
+        # credentials...) says so in a line of its own.
+        if e.summary:
+            raise StartupError(e.summary) from None
+        if isinstance(e, NotFound):
+            raise StartupError(f"source {source} not found (HTTP 404)") from None
+        raise StartupError(f"cannot list {source}: {e}") from None
+    if not remote.reachable:
+        # A cached root listing got us here: offline, serving the cache.
+        return f"{source} is unreachable; serving what is cached until it is back"
+    return None
+
+
+async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
+    """Mount and serve until unmounted. Raises StartupError before ready."""
+    try:
+        limits = RequestLimits(config.request_timeout, config.min_rate, config.max_listing_size)
+        remote = WatchedRemote(open_remote(config.source, proxy=config.proxy, s3=config.s3, limits=limits))
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    try:
+        try:
+            cache = Cache(config.cache_dir, remote, cap_bytes=config.cap_bytes,
+                          min_free_bytes=config.min_free_bytes)
+        except (CacheBusy, CacheDirError, CorruptDatabase) as e:
+            raise StartupError(str(e)) from None
+        if log_path is not None:
+            log_path(cache.root / "daemon.log")
+        try:
+            await _serve_mounted(config, cache, ready)
+        except StartupError:
+            # Nothing was served: a folder made for this mount only would
+            # be left empty (the reason goes to the user, not the log).
+            cache.close()
+            cache.discard_new()
+            raise
+        except BaseException:
+            cache.close()
+            raise
+        cache.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await remote.aclose()
+
+
+async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
+    # Before mounting: a failure here must leave nothing mounted.
+    try:
+        prepare_runtime_dir()
+    except RuntimeDirError as e:
+        raise StartupError(str(e)) from None
+    fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
+    assert isinstance(cache.remote, WatchedRemote)
+    limit = math.inf if config.startup_timeout is None else config.startup_timeout
+    with trio.move_on_after(limit) as startup:
+        warning = await _check_remote(fs, cache.remote)
+    if startup.cancelled_caught:
+        raise StartupError(f"{cache.remote.source} did not answer within {limit:g} s")
+    try:
+        # The remote's own source string: credentials given in the URL stay out.
+        fd = mount(config.mountpoint, MountOptions(source=cache.remote.source, allow_other=config.allow_other))
+    except MountError as e:
+        raise StartupError(str(e)) from None
+
+    def initialized(_conn: object) -> None:
+        # Only now: INIT's answer sets the read-ahead (to at most 128 KiB).
+        if not set_read_ahead(config.mountpoint, READ_AHEAD_KIB):
+            log.debug("kernel read-ahead left at its default (not root?)")
+        ready(None, warning)
+
+    session = Session(fd, fs, want_passthrough=config.passthrough, on_init=initialized)
+    state = state_file(config.mountpoint)
+    control = state.with_suffix(".sock")
+    try:
+        async with trio.open_nursery() as nursery:
+            # First: a SIGTERM from now on (systemd stopping a unit that is
+            # still starting, say) unmounts cleanly instead of killing us.
+            await nursery.start(_stop_on_signal, config.mountpoint, session)
+            await nursery.start(cache.run)
+            await nursery.start(fs.run)
+            prefetcher = Prefetcher(cache, fs.listings, nursery)
+            await nursery.start(control_server.serve, control, Commands(fs, prefetcher).handlers())
+            try:
+                write_state(Holder(config.mountpoint, os.getpid(), cache.remote.source,
+                                   str(cache.root), str(control)))
+            except OSError as e:
+                # The mount serves without it; only `cachefs umount` and
+                # `status` cannot find this daemon by its mountpoint.
+                log.error("cannot write the state file %s: %s", state, e.strerror or e)
+            await session.run()
+            nursery.cancel_scope.cancel()
+    finally:
+        state.unlink(missing_ok=True)
+        os.close(fd)
+        _detach_if_mounted(config.mountpoint)
+    log.info("daemon for %s stopped", config.mountpoint)
+
+
+def _detach_if_mounted(mountpoint: str) -> None:
+    """After a failure, leave no dead mount behind (a clean exit has none)."""
+    info = find_mount(mountpoint)
+    if info is not None and info.fstype == FSTYPE:
+        try:
+            unmount(mountpoint, lazy=True)
+        except MountError as e:
+            log.error("could not detach %s: %s", mountpoint, e)
+
+
+async def _stop_on_signal(mountpoint: str, session: Session,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
+            try:
+                await trio.to_thread.run_sync(unmount, mountpoint)
+            except MountError:
+                # Busy: detach it now; open files see the end of the session.
+                await trio.to_thread.run_sync(lambda: unmount(mountpoint, lazy=True))
+                session.stop()
+            return

@@ -1,0 +1,1 @@
+"""Offline tools for cache folders no daemon holds: fsck and --verify-remote."""
