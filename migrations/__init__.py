@@ -9,4 +9,4 @@ from sqlite_utils.migrations import Migrations
 
 MIGRATIONS = Migrations("cachefs")
 
-from . import m001_initial, m002_pins, m003_validators  # noqa: E402,F401  (each registers itself)
+from . import m001_initial, m002_pins, m003_validators, m004_listing_rows  # noqa: E402,F401  (each registers itself)

@@ -10,7 +10,6 @@ waits for a commit or an fsync.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 import time
@@ -90,6 +89,19 @@ class ChunkRecord:
     nchunks: int  # chunks in the whole object
 
 
+class ListingUnreadable(Exception):
+    """The database cannot give the rows of a stored listing right now."""
+
+
+# A listing entry: (name as bytes, is_dir, size, mtime, version).
+ListingRow = tuple[bytes, int, int, float, str]
+_ENTRY_COLUMNS = "name, is_dir, size, mtime, version"
+_UPSERT_ENTRY = (
+    "INSERT INTO dir_entries (listing_id, name, is_dir, size, mtime, version) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (listing_id, name) DO UPDATE SET is_dir = excluded.is_dir, size = excluded.size,"
+    " mtime = excluded.mtime, version = excluded.version WHERE excluded.is_dir >= dir_entries.is_dir"
+)
+
 _OBJECT_COLUMNS = "id, key, version, size, mtime, chunk_size, data_name, bytes_cached, complete, validator"
 
 
@@ -116,10 +128,10 @@ class CacheDB:
         # Set while the cache rebuilds a lost database: reads find nothing
         # and writes fail, so that no row of the old one is used meanwhile.
         self.lost = False
+        # Counts rebuilds: ids of rows read before one mean nothing after it.
+        self.epoch = 0
         self._connect_all()
         self._write_limiter = trio.CapacityLimiter(1)
-        self._listing_warned = False
-
     def _connect_all(self) -> None:
         with self._opening():
             self._writer = _connect(self.path, check_same_thread=False, timeout=OPEN_BUSY_TIMEOUT_S)
@@ -136,6 +148,7 @@ class CacheDB:
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             self._connect_all()
             self.set_meta("source", source)
+        self.epoch += 1
         self.lost = False
 
     def _read(self, query: Callable[[], T], default: T) -> T:
@@ -330,33 +343,103 @@ class CacheDB:
         return self._read(lambda: self._reader.conn.execute(
             "SELECT 1 FROM pins WHERE key = ?", (key,)).fetchone() is not None, True)
 
-    # --- listings ------------------------------------------------------------
+    # --- listings: one row per entry -----------------------------------------
 
-    def get_listing(self, path: str) -> tuple[float, list[dict]] | None:
-        def query() -> tuple[float, list[dict]] | None:
-            row = self._reader.conn.execute(
-                "SELECT fetched_at, entries FROM listings WHERE path = ?", (path,)
-            ).fetchone()
-            return (row[0], json.loads(row[1])) if row else None
+    def _read_listing(self, query: Callable[[], T]) -> T:
+        """Run a read of listing rows; ListingUnreadable if the database
+        cannot answer (the caller then fetches the listing again)."""
+        if self.lost:
+            raise ListingUnreadable("the cache database is being rebuilt")
+        try:
+            return query()
+        except sqlite3.Error as e:
+            if not is_transient(e):
+                self.on_failure(e)
+            raise ListingUnreadable(str(e)) from e
 
-        return self._read(query, None)
+    def current_listing(self, path: str) -> tuple[int, float, int] | None:
+        """(id, fetched_at, number of entries) of the stored listing of `path`."""
+        return self._read_listing(lambda: self._reader.conn.execute(
+            "SELECT id, fetched_at, entries FROM dir_listings WHERE path = ? AND state = 1", (path,)
+        ).fetchone())
 
-    async def put_listing(self, path: str, fetched_at: float, entries: list[dict]) -> None:
-        payload = json.dumps(entries, separators=(",", ":"))
+    def listing_entry(self, listing_id: int, name: bytes) -> ListingRow | None:
+        return self._read_listing(lambda: self._reader.conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM dir_entries WHERE listing_id = ? AND name = ?", (listing_id, name)
+        ).fetchone())
+
+    def listing_page(self, listing_id: int, after: bytes | None, limit: int) -> list[ListingRow]:
+        """Up to `limit` entries in name order, from the first name after `after` (None: the start)."""
+        if after is None:
+            sql, args = "", (listing_id, limit)
+        else:
+            sql, args = " AND name > ?", (listing_id, after, limit)
+        return self._read_listing(lambda: self._reader.conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM dir_entries WHERE listing_id = ?{sql} ORDER BY name LIMIT ?", args
+        ).fetchall())
+
+    def listing_page_at(self, listing_id: int, position: int, limit: int) -> list[ListingRow]:
+        """Up to `limit` entries in name order from the `position`th (0: the first);
+        slower than listing_page, for a reader that seeks."""
+        return self._read_listing(lambda: self._reader.conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM dir_entries WHERE listing_id = ? ORDER BY name LIMIT ? OFFSET ?",
+            (listing_id, limit, position),
+        ).fetchall())
+
+    async def begin_listing(self, path: str, fetched_at: float) -> int:
+        """A new listing of `path` to fill; invisible until finish_listing."""
+        return await self.write(lambda db: int(db.conn.execute(
+            "INSERT INTO dir_listings (path, fetched_at) VALUES (?, ?)", (path, fetched_at)).lastrowid))
+
+    async def add_listing_entries(self, listing_id: int, rows: list[ListingRow]) -> None:
+        """Add entries (name, is_dir, size, mtime, version) to a listing being filled.
+        A name listed twice keeps its last entry, except that a directory
+        is never replaced by a file of the same name."""
+        await self.write(lambda db: db.conn.executemany(_UPSERT_ENTRY, [(listing_id, *r) for r in rows]))
+
+    async def finish_listing(self, listing_id: int, path: str) -> tuple[int, list[int]]:
+        """Make a filled listing the current one of its path; returns its
+        number of entries and the ids of the listings it supersedes."""
+
+        def finish(db: Database) -> tuple[int, list[int]]:
+            (count,) = db.conn.execute(
+                "SELECT COUNT(*) FROM dir_entries WHERE listing_id = ?", (listing_id,)).fetchone()
+            old = [r[0] for r in db.conn.execute(
+                "SELECT id FROM dir_listings WHERE path = ? AND state = 1", (path,))]
+            db.conn.execute("UPDATE dir_listings SET state = 2 WHERE path = ? AND state = 1", (path,))
+            db.conn.execute("UPDATE dir_listings SET state = 1, entries = ? WHERE id = ?", (count, listing_id))
+            return int(count), old
+
+        return await self.write(finish)
+
+    async def put_listing_entry(self, listing_id: int, row: ListingRow) -> None:
+        """Record one entry of a current listing, as a stat found it."""
 
         def put(db: Database) -> None:
-            db.conn.execute(
-                "INSERT OR REPLACE INTO listings (path, fetched_at, entries) VALUES (?, ?, ?)",
-                (path, fetched_at, payload),
-            )
+            db.conn.execute("DELETE FROM dir_entries WHERE listing_id = ? AND name = ?", (listing_id, row[0]))
+            db.conn.execute(_UPSERT_ENTRY, (listing_id, *row))
+            db.conn.execute("UPDATE dir_listings SET entries = (SELECT COUNT(*) FROM dir_entries"
+                            " WHERE listing_id = ?) WHERE id = ?", (listing_id, listing_id))
 
-        try:
-            await self.write(put)
-        except sqlite3.Error as e:
-            # Only a copy for offline use: the listing itself is in memory.
-            # A full disk must not fail `ls`.
-            if not self._listing_warned:
-                self._listing_warned = True
-                log.warning("cannot store directory listings in %s (%s); they are kept in memory", self.path, e)
-            return
-        self._listing_warned = False
+        await self.write(put)
+
+    async def delete_listing_entry(self, listing_id: int, name: bytes) -> None:
+        def delete(db: Database) -> None:
+            if db.conn.execute("DELETE FROM dir_entries WHERE listing_id = ? AND name = ?",
+                               (listing_id, name)).rowcount:
+                db.conn.execute("UPDATE dir_listings SET entries = entries - 1 WHERE id = ?", (listing_id,))
+
+        await self.write(delete)
+
+    def old_listings(self) -> list[int]:
+        """Listings that are not current: superseded, or left half filled by a stopped daemon."""
+        return self._read(lambda: [r[0] for r in self._reader.conn.execute(
+            "SELECT id FROM dir_listings WHERE state != 1")], [])
+
+    async def drop_listings(self, ids: list[int]) -> None:
+        def drop(db: Database) -> None:
+            for listing_id in ids:
+                db.conn.execute("DELETE FROM dir_entries WHERE listing_id = ?", (listing_id,))
+                db.conn.execute("DELETE FROM dir_listings WHERE id = ?", (listing_id,))
+
+        await self.write(drop)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cachefs.remote import RemoteEntry
 
-from .listings import Listing
+from .listings import Listing, name_bytes
 
 WINDOW_FILES = 16  # how many files ahead of the reader
 WINDOW_BYTES = 64 * 1024 * 1024  # and at most this many bytes
@@ -26,9 +26,9 @@ MAX_DIRECTORIES = 1024  # cursors kept, most recently used
 
 @dataclass
 class _Cursor:
-    position: int  # listing position of the last small file opened
+    name: bytes  # the last small file opened
     streak: int  # consecutive opens in listing order
-    issued_to: int  # read-ahead has been started up to this position
+    issued_to: bytes  # read-ahead has been started up to this name
 
 
 class DirectoryReadahead:
@@ -39,31 +39,40 @@ class DirectoryReadahead:
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
 
     def on_open(self, directory: str, listing: Listing, name: str) -> list[RemoteEntry]:
-        """Note that `name` in `directory` was opened; return entries to fetch now."""
-        position = listing.position.get(name)
-        if position is None:
-            return []
+        """Note that `name` in `directory` was opened; return entries to fetch now.
+
+        Works on names, not positions, so that a listing read from the
+        database a page at a time answers it with two short reads."""
+        raw = name_bytes(name)
         cursor = self._cursors.get(directory)
-        if cursor is not None and 0 < position - cursor.position <= MAX_GAP:
-            cursor.position, cursor.streak = position, cursor.streak + 1
+        if cursor is not None and raw > cursor.name and raw in {
+                name_bytes(e.name) for e in listing.page(cursor.name, MAX_GAP)}:
+            cursor.name, cursor.streak = raw, cursor.streak + 1
         else:
-            cursor = _Cursor(position, 1, position)
+            cursor = _Cursor(raw, 1, raw)
         self._remember(directory, cursor)
         if cursor.streak < MIN_STREAK:
             return []
+        # The window ends WINDOW_FILES names after the one opened.
+        window = listing.page(raw, WINDOW_FILES)
+        start = max(raw, cursor.issued_to)
         picks: list[RemoteEntry] = []
         budget = WINDOW_BYTES
-        last = min(len(listing.order), position + 1 + WINDOW_FILES)
-        for i in range(max(position, cursor.issued_to) + 1, last):
-            entry = listing.entries[listing.order[i]]
+        for entry in window:
+            entry_name = name_bytes(entry.name)
+            if entry_name <= start:
+                continue
             if entry.is_dir or entry.size > self._small_size:
+                cursor.issued_to = entry_name
                 continue
             if entry.size > budget:
-                last = i
                 break
             budget -= entry.size
             picks.append(entry)
-        cursor.issued_to = max(cursor.issued_to, last - 1)
+            cursor.issued_to = entry_name
+        else:
+            if window:
+                cursor.issued_to = max(cursor.issued_to, name_bytes(window[-1].name))
         return picks
 
     def _remember(self, directory: str, cursor: _Cursor) -> None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import trio
@@ -24,12 +25,12 @@ from cachefs.cache import Cache, CachedObject, CacheState
 from cachefs.cache.evictor import EvictResult
 from cachefs.kernel.ops import Connection, DirEntry, Entry, FuseError, Opened, StatFs
 from cachefs.kernel.passthrough import BackingError, BackingFiles
-from cachefs.kernel.wire import ROOT_ID, Attr, DirentType
+from cachefs.kernel.wire import ROOT_ID, Attr, DirentType, OpenFlag
 from cachefs.remote import NotFound, RemoteEntry, RemoteError, VersionChanged
 
 from .dirahead import DirectoryReadahead
 from .inodes import Inode, InodeTable, child_path, split_path
-from .listings import Listings
+from .listings import Listing, Listings, ListingUnreadable, name_bytes
 from .openmode import PASSTHROUGH_OPS, HandleMode, KernelOps, choose_mode
 from .pagepush import WINDOW, PagePusher
 from .stats import Stats
@@ -41,6 +42,19 @@ log = logging.getLogger(__name__)
 READAHEAD_CHUNKS = 4
 STATE_XATTR = b"user.cachefs.state"
 STATS_XATTR = b"user.cachefs.stats"  # on the root directory
+# Namespaces cachefs has nothing in: security labels, ACLs, trusted. Asked
+# for them, "not supported" (not "no such attribute") lets programs that
+# ask of every file, as `ls -l` does, remember it per filesystem and stop
+# asking: the kernel caches no extended attributes, so each question would
+# be a round trip to the daemon (two per file for `ls -l`).
+UNSUPPORTED_XATTR_PREFIXES = (b"security.", b"system.", b"trusted.")
+# The d_ino of a READDIR entry whose inode the kernel does not know yet; as
+# libfuse does, for the inode number comes with the LOOKUP.
+UNKNOWN_INO = 0xFFFFFFFF
+# Cookies of the entries '.' and '..'; entry i of a listing (from 0) has i + 3.
+FIRST_COOKIE = 3
+# Rows read from a listing per step while filling one READDIR reply.
+READDIR_STEP = 64
 
 
 @dataclass(eq=False)
@@ -53,7 +67,20 @@ class FileHandle:
 
 @dataclass(eq=False)
 class DirHandle:
-    entries: list[DirEntry]
+    """An open directory: it reads the listing it was opened on to the end,
+    whatever refreshes meanwhile, so offsets stay meaningful."""
+
+    inode: Inode
+    listing: Listing
+    # Cookie -> name of the entries the last READDIR returned: the next one
+    # resumes after one of them by name, which is cheap; any other cookie
+    # (a seekdir) is a position to count to.
+    resume: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    # Whether every entry went out with its attributes (READDIRPLUS), from
+    # the first to the last: then the kernel has them all cached.
+    from_start: bool = False
+    plain: bool = False
+    to_end: bool = False
 
 
 class Filesystem:
@@ -93,7 +120,7 @@ class Filesystem:
             raise FuseError(errno.ESTALE)
         return inode
 
-    async def _entries(self, inode: Inode) -> dict:
+    async def _listing(self, inode: Inode) -> Listing:
         if not inode.is_dir:
             raise FuseError(errno.ENOTDIR)
         try:
@@ -131,14 +158,27 @@ class Filesystem:
         if not pinode.is_dir:
             raise FuseError(errno.ENOTDIR)
         listing = self.listings.fresh(pinode.path)
-        return None if listing is None else self._entry(pinode, listing.entries, name)
+        if listing is None:
+            return None
+        try:
+            entry = listing.entry_named(name)
+        except ListingUnreadable:
+            self.listings.forget(pinode.path, listing)
+            return None  # lookup() fetches it again
+        return self._entry(pinode, entry)
 
     async def lookup(self, parent: int, name: bytes) -> Entry:
         pinode = self._inode(parent)
-        return self._entry(pinode, await self._entries(pinode), name)
+        if not pinode.is_dir:
+            raise FuseError(errno.ENOTDIR)
+        try:
+            entry = await self.listings.lookup(pinode.path, name.decode("utf-8", "surrogateescape"))
+        except RemoteError as e:
+            log.warning("listing %r: %s", pinode.path, e)
+            raise FuseError(e.errno) from e
+        return self._entry(pinode, entry)
 
-    def _entry(self, pinode: Inode, entries: dict[str, RemoteEntry], name: bytes) -> Entry:
-        entry = entries.get(name.decode("utf-8", "surrogateescape"))
+    def _entry(self, pinode: Inode, entry: RemoteEntry | None) -> Entry:
         if entry is None:
             raise FuseError(errno.ENOENT)
         inode = self.inodes.for_entry(pinode, entry)
@@ -254,7 +294,10 @@ class Filesystem:
         now = time.time()
         directory, name = split_path(inode.path)
         listing = None if self._changed(inode) else self.listings.fresh(directory)
-        current = listing.entries.get(name) if listing is not None else None
+        try:
+            current = listing.entry(name) if listing is not None else None
+        except ListingUnreadable:
+            current = None  # asks the remote
         if current is None or current.version != inode.version:
             try:
                 current = await self._stat_remote(inode.path)
@@ -338,7 +381,11 @@ class Filesystem:
         listing = self.listings.cached(directory)
         if listing is None:
             return
-        for entry in self.dirahead.on_open(directory, listing, name):
+        try:
+            siblings = self.dirahead.on_open(directory, listing, name)
+        except ListingUnreadable:
+            return
+        for entry in siblings:
             self.cache.prefetch(child_path(directory, entry.name), entry.version, entry.size, entry.mtime)
 
     def _register_backing(self, inode: Inode, obj: CachedObject) -> bool:
@@ -409,30 +456,88 @@ class Filesystem:
             self._release_backing(handle.inode)
         self.inodes.drop_if_unused(handle.inode)
 
-    async def opendir(self, ino: int) -> int:
+    async def opendir(self, ino: int) -> Opened:
         inode = self._inode(ino)
-        entries = await self._entries(inode)
-        # A snapshot per handle keeps readdir offsets stable while listings refresh.
-        listing = [DirEntry(b".", inode.ino, DirentType.DIR, 1), DirEntry(b"..", inode.ino, DirentType.DIR, 2)]
-        for i, (name, e) in enumerate(sorted(entries.items()), start=3):
-            # The ino here is a hint only (READDIRPLUS does a real lookup);
-            # the kernel ignores it for plain READDIR beyond ls -i output.
-            child = self.inodes.for_entry(inode, e)
-            listing.append(DirEntry(name.encode("utf-8", "surrogateescape"), child.ino,
-                                    DirentType.DIR if e.is_dir else DirentType.REG, i))
-            self.inodes.drop_if_unused(child)
+        listing = await self._listing(inode)
+        self.listings.hold(listing)
         fh = next(self._fh)
-        self._dir_handles[fh] = DirHandle(listing)
-        return fh
+        self._dir_handles[fh] = DirHandle(inode, listing)
+        # The kernel keeps the entries it read in its page cache and, while
+        # the listing stays the one they came from, answers readdir from
+        # there: a second `ls -l` of a big directory costs us one OPENDIR.
+        # Only if it also has every entry's attributes (all were read with
+        # READDIRPLUS, see releasedir): else each would cost a LOOKUP, and
+        # a READDIRPLUS of them all, as a new read brings, is far cheaper.
+        flags = OpenFlag.CACHE_DIR
+        if inode.listing_key == listing.key:
+            flags |= OpenFlag.KEEP_CACHE
+        else:
+            inode.listing_key = None
+        return Opened(fh, flags)
 
-    async def readdir(self, ino: int, fh: int, offset: int) -> list[DirEntry]:
+    async def readdir(self, ino: int, fh: int, offset: int, plus: bool = False) -> Iterator[DirEntry]:
+        """The entries after cookie `offset`, read from the listing as the
+        caller takes them: it stops when the kernel's buffer is full."""
         handle = self._dir_handles.get(fh)
         if handle is None:
             raise FuseError(errno.EBADF)
-        return handle.entries[offset:]
+        if offset == 0:
+            handle.from_start = True
+        if not plus:
+            handle.plain = True
+        position = max(offset - FIRST_COOKIE + 1, 0)
+        after = handle.resume.get(offset) if offset >= FIRST_COOKIE else None
+        try:
+            first = self._readdir_page(handle, position, after)
+        except ListingUnreadable:
+            # The database lost it: read on in a listing fetched again.
+            self.listings.forget(handle.inode.path, handle.listing)
+            self.listings.release(handle.listing)
+            handle.listing = await self._listing(handle.inode)
+            self.listings.hold(handle.listing)
+            handle.inode.listing_key = None
+            first = self._readdir_page(handle, position, None)
+        return self._dirents(handle, offset, position, first)
+
+    @staticmethod
+    def _readdir_page(handle: DirHandle, position: int, after: bytes | None) -> list[RemoteEntry]:
+        if after is not None:
+            return handle.listing.page(after, READDIR_STEP)
+        return handle.listing.page_at(position, READDIR_STEP)
+
+    def _dirents(self, handle: DirHandle, offset: int, position: int,
+                 page: list[RemoteEntry]) -> Iterator[DirEntry]:
+        inode = handle.inode
+        if offset < 1:
+            yield DirEntry(b".", inode.ino, DirentType.DIR, 1)
+        if offset < 2:
+            yield DirEntry(b"..", inode.ino, DirentType.DIR, 2)
+        resume: dict[int, bytes] = {}
+        handle.resume = resume
+        cookie = position + FIRST_COOKIE
+        while page:
+            for e in page:
+                name = name_bytes(e.name)
+                resume[cookie] = name
+                known = self.inodes.find(inode, e)
+                yield DirEntry(name, known.ino if known is not None else UNKNOWN_INO,
+                               DirentType.DIR if e.is_dir else DirentType.REG, cookie)
+                cookie += 1
+            if len(page) < READDIR_STEP:
+                break
+            try:
+                page = handle.listing.page(name, READDIR_STEP)
+            except ListingUnreadable:
+                return  # the next READDIR, from here, reads a listing fetched again
+        handle.to_end = True
 
     def releasedir(self, ino: int, fh: int) -> None:
-        self._dir_handles.pop(fh, None)
+        handle = self._dir_handles.pop(fh, None)
+        if handle is None:
+            return
+        self.listings.release(handle.listing)
+        if handle.from_start and handle.to_end and not handle.plain:
+            handle.inode.listing_key = handle.listing.key
 
     def statfs(self) -> StatFs:
         return StatFs()
@@ -443,6 +548,8 @@ class Filesystem:
             return self._state_text(inode).encode()
         if name == STATS_XATTR and ino == ROOT_ID:
             return json.dumps(self.stats.as_dict()).encode()
+        if name.startswith(UNSUPPORTED_XATTR_PREFIXES):
+            raise FuseError(errno.EOPNOTSUPP)
         raise FuseError(errno.ENODATA)
 
     def listxattr(self, ino: int) -> list[bytes]:

@@ -126,9 +126,9 @@ class PrefetchJob:
                 self.progress.bytes_total += entry.size
                 await send.send((path, entry))
             else:
-                listing = await self._listings.get(path)
-                for name in sorted(listing):
-                    await self._walk(child_path(path, name), send)
+                # In name order, a page at a time: a listing is never held whole.
+                for child in await self._listings.get(path):
+                    await self._walk(child_path(path, child.name), send)
         except RemoteError as e:
             self._fail(path, str(e))
         except Exception as e:
@@ -140,7 +140,7 @@ class PrefetchJob:
         if not path:
             return RemoteEntry(name="", is_dir=True)
         directory, _, name = path.rpartition("/")
-        return (await self._listings.get(directory)).get(name)
+        return await self._listings.lookup(directory, name)
 
     # --- fetching ------------------------------------------------------------
 

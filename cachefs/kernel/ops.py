@@ -7,7 +7,7 @@ format. Raising `FuseError(errno)` answers a request with that error.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -110,10 +110,15 @@ class Operations(Protocol):
 
     def release(self, ino: int, fh: int) -> None: ...
 
-    async def opendir(self, ino: int) -> int: ...
+    async def opendir(self, ino: int) -> Opened:
+        """A directory handle; CACHE_DIR and KEEP_CACHE in its flags let the
+        kernel keep (and keep using) the entries it reads."""
+        ...
 
-    async def readdir(self, ino: int, fh: int, offset: int) -> list[DirEntry]:
-        """Entries after cookie `offset` (0 = from the start), '.' and '..' included."""
+    async def readdir(self, ino: int, fh: int, offset: int, plus: bool = False) -> Iterable[DirEntry]:
+        """Entries after cookie `offset` (0 = from the start), '.' and '..' included.
+        The session takes only what fits its reply: a lazy iterable is read no further.
+        `plus`: for READDIRPLUS, which looks up each entry it returns."""
         ...
 
     def releasedir(self, ino: int, fh: int) -> None: ...

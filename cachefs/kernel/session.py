@@ -369,8 +369,7 @@ class Session:
         return []
 
     async def _opendir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
-        fh = await self.ops.opendir(hdr.nodeid)
-        return [wire.OPEN_OUT.pack(fh, 0, 0)]
+        return self._pack_opened(await self.ops.opendir(hdr.nodeid))
 
     def _releasedir(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         fh, *_ = wire.RELEASE_IN.unpack_from(body)
@@ -392,7 +391,7 @@ class Session:
     async def _readdirplus(self, hdr: InHeader, body: memoryview) -> list[bytes]:
         fh, offset, size, *_ = wire.READ_IN.unpack_from(body)
         out, used = [], 0
-        for e in await self.ops.readdir(hdr.nodeid, fh, offset):
+        for e in await self.ops.readdir(hdr.nodeid, fh, offset, plus=True):
             need = len(_EMPTY_ENTRY) + wire.align8(wire.DIRENT.size + len(e.name))
             if used + need > size:
                 break

@@ -114,6 +114,17 @@ class Remote(Protocol):
         """
         ...
 
+    # Optional, and what `Listings` uses when a remote has it:
+    #
+    #     def list_dir_pages(self, path: str) -> AbstractAsyncContextManager[
+    #             AsyncIterator[list[RemoteEntry]]]
+    #
+    # `list_dir` in batches as they arrive (S3 pages, a streamed JSON index),
+    # so that a listing of millions of names is never held whole. Used as
+    # `async with remote.list_dir_pages(path) as batches: async for batch in
+    # batches`. A name may come twice (in different batches); a directory
+    # then wins over a file of the same name.
+
     async def stat(self, path: str) -> RemoteEntry:
         """Size, mtime and version of the object at `path`."""
         ...

@@ -44,6 +44,21 @@ class WatchedRemote:
         self._up()
         return entries
 
+    @asynccontextmanager
+    async def list_dir_pages(self, path: str) -> AsyncIterator[AsyncIterator[list[RemoteEntry]]]:
+        """`list_dir` in batches as they come, where the remote can (see base.Remote)."""
+        pages = getattr(self._inner, "list_dir_pages", None)
+        try:
+            if pages is None:
+                yield _one_batch(await self._inner.list_dir(path))
+            else:
+                async with pages(path) as batches:
+                    yield batches
+        except Unreachable as e:
+            self._down(e)
+            raise
+        self._up()
+
     async def stat(self, path: str) -> RemoteEntry:
         try:
             entry = await self._inner.stat(path)
@@ -67,3 +82,7 @@ class WatchedRemote:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+async def _one_batch(entries: list[RemoteEntry]) -> AsyncIterator[list[RemoteEntry]]:
+    yield entries

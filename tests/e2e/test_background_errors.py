@@ -117,6 +117,9 @@ class BuggyListings:
     async def get(self, path: str) -> dict[str, RemoteEntry]:
         raise RuntimeError("a bug in the listings")
 
+    async def lookup(self, directory: str, name: str) -> RemoteEntry | None:
+        raise RuntimeError("a bug in the listings")
+
 
 def test_a_bug_in_a_prefetch_job_fails_its_path_not_the_daemon(tmp_path: Path) -> None:
     async def job(cache: Cache) -> None:

@@ -12,7 +12,9 @@ rate extends, and a listing has a size cap (RequestLimits).
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
+import functools
 import math
 import re
 import urllib.request
@@ -439,6 +441,45 @@ async def empty_body() -> AsyncIterator[bytes]:
         yield chunk
 
 
+class ListingBody:
+    """The body of a streamed listing: at most the listing cap in all (as
+    sent, before any content decoding), within the request's deadline,
+    which each byte moves on; errors become RemoteErrors."""
+
+    def __init__(self, response: httpx.Response, url: str, limits: RequestLimits) -> None:
+        what = f"GET {url}"
+        deadline = response.request.extensions.get(DEADLINE_EXTENSION) or limits.deadline()
+        response.stream = _CappedStream(response.stream, limits.max_listing_bytes, deadline,
+                                        lambda: limits.too_large(what))
+        self._chunks = response.aiter_bytes()
+        self._url = url
+        self._deadline = deadline
+        self._limits = limits
+        # Our transport checks the deadline on every socket read; httpx's
+        # transports do not, so their bodies are read under a cancel scope.
+        self._guard = not response.extensions.get(DEADLINE_ENFORCED)
+
+    def __aiter__(self) -> ListingBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            if self._guard:
+                with trio.fail_at(self._deadline.at):
+                    return await self._chunks.__anext__()
+            return await self._chunks.__anext__()
+        except trio.TooSlowError:
+            raise self._limits.too_slow(f"GET {self._url}") from None
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"{self._url}: {type(exc).__name__} during body: {exc}") from None
+        except httpx.DecodingError:
+            raise BadResponse(f"{self._url}: body cannot be decoded") from None
+        except httpx.TransportError as exc:
+            raise Unreachable(f"{self._url}: listing cut short: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise BadResponse(f"{self._url}: {type(exc).__name__} during body: {exc}") from None
+
+
 class ExactBody:
     """The body of a range response, checked to be exactly `expected` bytes.
 
@@ -494,7 +535,31 @@ def parse_http_date(value: str | None) -> float | None:
     """Seconds since the epoch from an RFC 9110 date, or None if unreadable."""
     if not value:
         return None
+    # Listings give one date per entry, and many entries share one: a
+    # directory of 10^5 files is parsed in a fraction of the time.
+    return _parse_http_date(value)
+
+
+_IMF_FIXDATE = re.compile(r"[A-Z][a-z]{2}, (\d\d) ([A-Z][a-z]{2}) (\d{4}) (\d\d):(\d\d):(\d\d) GMT")
+_MONTH_NUMBERS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_http_date(value: str) -> float | None:
+    # The preferred format (IMF-fixdate), which nginx, S3 and most servers
+    # send, without the general parser's cost; anything else goes to it.
+    match = _IMF_FIXDATE.fullmatch(value)
+    if match is not None:
+        day, month, year, hour, minute, second = match.groups()
+        number = _MONTH_NUMBERS.get(month)
+        if number is not None:
+            try:
+                return datetime.datetime(int(year), number, int(day), int(hour), int(minute), int(second),
+                                         tzinfo=datetime.timezone.utc).timestamp()
+            except ValueError:
+                pass
     try:
         return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import quote, unquote
 
 import httpx
@@ -38,15 +38,25 @@ from .client import (
     check_pin,
     check_range_answer,
     make_client,
+    ListingBody,
     precondition_headers,
     range_header,
     ranged_read,
+    read_error_body,
     send_with_retries,
     served_validator,
 )
 from ..names import valid_name
 from .client import parse_http_date
-from .listing import ListedEntry, Listing, NotAListing, parse_listing
+from .listing import (
+    JsonListingStream,
+    ListedEntry,
+    Listing,
+    ListingFormat,
+    NotAListing,
+    detect_format,
+    parse_listing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,8 @@ BACKOFF_BASE_S = 0.1
 RETRIES = RetryPolicy(attempts=ATTEMPTS, base_delay_s=BACKOFF_BASE_S)
 # HEAD requests one listing may have in flight, to find exact sizes.
 HEAD_CONCURRENCY = 8
+# Entries of a streamed JSON index handed on at a time.
+LISTING_BATCH = 1000
 HTTP_PRECONDITION_FAILED = 412
 
 SECONDS_PER_MINUTE = 60
@@ -117,6 +129,10 @@ class HttpIndexRemote(ClientOwner):
             )
         except NotAListing as exc:
             raise BadResponse(f"{url}: {exc}") from None
+        return await self._described(path, listing)
+
+    async def _described(self, path: str, listing: Listing) -> list[RemoteEntry]:
+        """The entries of a parsed index page, with HEADs for what it leaves unsaid."""
         self._warn_rejected(path, listing.rejected)
 
         heads = await self._stat_many(path, _names_to_head(listing))
@@ -129,6 +145,61 @@ class HttpIndexRemote(ClientOwner):
                 entries.append(_entry_from_listing(item, offset))
             # else: HEAD said it is gone since the listing; leave it out.
         return entries
+
+    @asynccontextmanager
+    async def list_dir_pages(self, path: str) -> AsyncIterator[AsyncIterator[list[RemoteEntry]]]:
+        """The entries of directory `path` in batches as the page arrives.
+
+        nginx's JSON index is parsed as it streams in, so a directory of a
+        million files is never held whole; an HTML page is read whole
+        (within --max-listing-size) and given as one batch.
+        """
+        url = self._url(path, directory=True)
+        response = await self._send("GET", url, stream=True, follow_redirects=True)
+        try:
+            if response.status_code != 200:
+                await read_error_body(response, f"GET {url}")
+                _raise_for_status(response, url)
+            yield self._listing_batches(path, url, response)
+        finally:
+            await response.aclose()
+
+    async def _listing_batches(
+        self, path: str, url: str, response: httpx.Response
+    ) -> AsyncIterator[list[RemoteEntry]]:
+        limits = self._client.request_limits
+        body = ListingBody(response, url, limits)
+        content_type = response.headers.get("content-type")
+        first = b""
+        async for first in body:
+            if first.strip():
+                break
+        try:
+            fmt = detect_format(first, content_type)
+        except NotAListing as exc:
+            raise BadResponse(f"{url}: {exc}") from None
+        if fmt is not ListingFormat.JSON:
+            rest = [first]
+            async for piece in body:
+                rest.append(piece)
+            try:
+                listing = parse_listing(b"".join(rest), content_type, str(response.url))
+            except NotAListing as exc:
+                raise BadResponse(f"{url}: {exc}") from None
+            yield await self._described(path, listing)
+            return
+        stream = JsonListingStream()
+        try:
+            items = stream.feed(first)
+            async for piece in body:
+                items += stream.feed(piece)
+                if len(items) >= LISTING_BATCH:
+                    yield await self._described(path, Listing(ListingFormat.JSON, items, stream.rejected))
+                    items, stream.rejected = [], []
+            items += stream.close()
+        except NotAListing as exc:
+            raise BadResponse(f"{url}: {exc}") from None
+        yield await self._described(path, Listing(ListingFormat.JSON, items, stream.rejected))
 
     def _warn_rejected(self, path: str, rejected: list[str]) -> None:
         for raw in rejected:

@@ -15,6 +15,7 @@ rounded, so they are reported as unknown and the caller must ask the server.
 from __future__ import annotations
 
 import calendar
+import codecs
 import json
 import re
 from dataclasses import dataclass, field
@@ -113,26 +114,98 @@ def parse_nginx_json(body: bytes) -> Listing:
     if not isinstance(items, list):
         raise NotAListing("JSON index is not a list")
     for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            continue
-        kind = item.get("type")
-        if kind not in ("file", "directory"):
-            continue  # "other": sockets, fifos, dangling links
-        name = valid_name(item["name"])
-        if name is None:
-            listing.rejected.append(item["name"])
-            continue
-        size = item.get("size")
-        is_dir = kind == "directory"
-        listing.entries.append(
-            ListedEntry(
-                name=name,
-                is_dir=is_dir,
-                size=size if isinstance(size, int) and not is_dir else None,
-                mtime=parse_http_date(item.get("mtime")),
-            )
-        )
+        entry = _json_entry(item, listing.rejected)
+        if entry is not None:
+            listing.entries.append(entry)
     return listing
+
+
+class JsonListingStream:
+    """nginx's JSON index parsed as it arrives, a few entries at a time.
+
+    The page is a JSON array of objects; each object is decoded as soon as
+    it is complete, so a listing of a million entries is never held whole,
+    as text or as objects. Entries are read as `parse_nginx_json` reads them.
+    """
+
+    def __init__(self) -> None:
+        self._decode = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode
+        self._scan = json.JSONDecoder().raw_decode
+        self._text = ""
+        self._started = False  # past the '['
+        self._ended = False  # past the ']'
+        self.rejected: list[str] = []
+
+    def feed(self, data: bytes) -> list[ListedEntry]:
+        """Entries completed by `data`; NotAListing if the page is not an index."""
+        self._text += self._decode(data)
+        return self._parse(final=False)
+
+    def close(self) -> list[ListedEntry]:
+        """The last entries; NotAListing if the page ended early."""
+        self._text += self._decode(b"", True)
+        entries = self._parse(final=True)
+        if not self._ended:
+            raise NotAListing("malformed JSON index: it ends before its closing ']'")
+        return entries
+
+    def _parse(self, final: bool) -> list[ListedEntry]:
+        text, pos, end = self._text, 0, len(self._text)
+        entries: list[ListedEntry] = []
+        while True:
+            while pos < end and text[pos] in " \t\r\n":
+                pos += 1
+            if pos == end:
+                break
+            if self._ended:
+                raise NotAListing("malformed JSON index: text after its closing ']'")
+            char = text[pos]
+            if not self._started:
+                if char != "[":
+                    raise NotAListing("JSON index is not a list")
+                self._started = True
+                pos += 1
+                continue
+            if char == "]":
+                self._ended = True
+                pos += 1
+                continue
+            if char == ",":
+                pos += 1
+                continue
+            try:
+                item, pos_after = self._scan(text, pos)
+            except ValueError as exc:
+                if final:
+                    raise NotAListing(f"malformed JSON index: {exc}") from None
+                break  # the rest of this item has not come yet
+            pos = pos_after
+            entry = _json_entry(item, self.rejected)
+            if entry is not None:
+                entries.append(entry)
+        self._text = text[pos:]
+        return entries
+
+
+def _json_entry(item: object, rejected: list[str]) -> ListedEntry | None:
+    """One item of nginx's JSON index, or None to skip it (invalid names go to `rejected`)."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        return None
+    kind = item.get("type")
+    if kind not in ("file", "directory"):
+        return None  # "other": sockets, fifos, dangling links
+    name = valid_name(item["name"])
+    if name is None:
+        rejected.append(item["name"])
+        return None
+    size = item.get("size")
+    is_dir = kind == "directory"
+    return ListedEntry(
+        name=name,
+        is_dir=is_dir,
+        size=size if isinstance(size, int) and not is_dir else None,
+        mtime=parse_http_date(item.get("mtime")),
+    )
 
 
 # ---------------------------------------------------------------------- HTML

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import httpx
 
@@ -94,10 +94,40 @@ class S3Remote(ClientOwner):
 
     async def list_dir(self, path: str) -> list[RemoteEntry]:
         prefix = self._dir_prefix(path)
-        files: dict[str, RemoteEntry] = {}
-        dirs: dict[str, RemoteEntry] = {}
         pages = await self._all_pages(prefix)
         seen_anything = any(page.objects or page.prefixes for page in pages)
+        if path and not seen_anything:
+            # Not even a "dir/" marker object: there is no such directory.
+            raise NotFound(f"{self._location.uri}: no keys under {prefix!r}")
+        return self._page_entries(path, prefix, pages)
+
+    @asynccontextmanager
+    async def list_dir_pages(self, path: str) -> AsyncIterator[AsyncIterator[list[RemoteEntry]]]:
+        """`list_dir` a page (1000 keys) at a time, each page as it comes:
+        a prefix of millions of keys is never held whole. Each response is
+        capped by --max-listing-size on its own."""
+        yield self._listing_batches(path)
+
+    async def _listing_batches(self, path: str) -> AsyncIterator[list[RemoteEntry]]:
+        prefix = self._dir_prefix(path)
+        budget = self._client.request_limits.max_listing_bytes
+        token: str | None = None
+        for number in range(MAX_LIST_PAGES):
+            page, _ = await self._sized_list_page(prefix, token, budget)
+            if number == 0 and path and not (page.objects or page.prefixes):
+                # Not even a "dir/" marker object: there is no such directory.
+                raise NotFound(f"{self._location.uri}: no keys under {prefix!r}")
+            yield self._page_entries(path, prefix, [page])
+            if page.next_token is None:
+                return
+            if page.next_token == token:
+                raise BadResponse(f"{self._location.uri}: listing repeats its continuation token")
+            token = page.next_token
+        raise BadResponse(f"{self._location.uri}: listing of {prefix!r} never ends")
+
+    def _page_entries(self, path: str, prefix: str, pages: list[ListPage]) -> list[RemoteEntry]:
+        files: dict[str, RemoteEntry] = {}
+        dirs: dict[str, RemoteEntry] = {}
         for page in pages:
             for obj in page.objects:
                 name = self._child_name(path, prefix, obj.key)
@@ -107,9 +137,6 @@ class S3Remote(ClientOwner):
                 name = self._child_name(path, prefix, common, directory=True)
                 if name is not None:
                     dirs[name] = RemoteEntry(name=name, is_dir=True)
-        if path and not seen_anything:
-            # Not even a "dir/" marker object: there is no such directory.
-            raise NotFound(f"{self._location.uri}: no keys under {prefix!r}")
         for name in files.keys() & dirs.keys():
             # "x" and "x/..." both exist; a file cannot hold the subtree, so
             # the directory wins and the object "x" is left out.
