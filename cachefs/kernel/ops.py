@@ -23,7 +23,8 @@ class FuseError(Exception):
         self.errno = errno
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: 6x faster to make, and one is made per request or entry.
+@dataclass(slots=True)
 class Entry:
     """A LOOKUP result: the kernel takes one reference on `attr.ino`."""
 
@@ -32,7 +33,8 @@ class Entry:
     attr_ttl: float
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: 6x faster to make, and one is made per request or entry.
+@dataclass(slots=True)
 class Opened:
     """An OPEN result."""
 
@@ -41,7 +43,8 @@ class Opened:
     backing_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: 6x faster to make, and one is made per request or entry.
+@dataclass(slots=True)
 class DirEntry:
     """One directory entry; `offset` is the cookie that resumes after it."""
 

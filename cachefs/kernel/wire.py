@@ -142,7 +142,8 @@ IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid 
 OUT_HEADER = struct.Struct("<IiQ")  # len error unique
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: 6x faster to make, and one is made per request or entry.
+@dataclass(slots=True)
 class InHeader:
     length: int
     opcode: int
@@ -201,7 +202,8 @@ NSEC_PER_SEC = 1_000_000_000
 U64_MASK = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: 6x faster to make, and one is made per request or entry.
+@dataclass(slots=True)
 class Attr:
     """File attributes as the kernel wants them (fuse_attr)."""
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import calendar
+import json
 
 import pytest
 
 from cachefs.remote.http.listing import (
+    JsonListingStream,
     ListedEntry,
     ListingFormat,
     NotAListing,
     detect_format,
     parse_listing,
+    parse_nginx_json,
 )
 from cachefs.remote.http.client import parse_http_date
 from cachefs.remote.names import NAME_MAX_BYTES, decode_component, valid_name
@@ -289,3 +292,37 @@ def test_valid_name() -> None:
     assert valid_name("x\udce9") is None
     assert valid_name("...") == "..."
     assert valid_name(" ") == " "
+
+
+# -- nginx JSON, streamed (issue 19) -------------------------------------------
+
+
+def _json_page(items: list[object]) -> bytes:
+    return ("[\n" + ",\n".join(json.dumps(x, ensure_ascii=False) for x in items) + "\n]\n").encode()
+
+
+def test_a_json_index_fed_in_pieces_parses_as_it_does_whole() -> None:
+    items: list[object] = [
+        {"name": f"f{i} é \"q\"", "type": "file", "mtime": "Mon, 30 Nov 2026 13:25:04 GMT", "size": i}
+        for i in range(300)
+    ]
+    items += [{"name": "d", "type": "directory", "mtime": "Sun, 06 Nov 1994 08:49:37 GMT"},
+              {"name": "..", "type": "file", "size": 1}, {"name": "s", "type": "other"}, 5, [1]]
+    body = _json_page(items)
+    whole = parse_nginx_json(body)
+    for piece in (1, 7, 100, 4096):
+        stream = JsonListingStream()
+        got = []
+        for start in range(0, len(body), piece):
+            got += stream.feed(body[start : start + piece])
+        got += stream.close()
+        assert got == whole.entries and stream.rejected == whole.rejected == [".."]
+    assert len(whole.entries) == 301
+
+
+@pytest.mark.parametrize("body", [b'{"a": 1}', b'[{"name": "x", "type": "file"}', b"[] extra", b'[{"name": "x"', b""])
+def test_a_broken_json_index_stream_is_not_a_listing(body: bytes) -> None:
+    stream = JsonListingStream()
+    with pytest.raises(NotAListing):
+        stream.feed(body)
+        stream.close()

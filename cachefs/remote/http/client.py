@@ -39,8 +39,10 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # then receive its body at the minimum rate on average (see Deadline).
 DEFAULT_REQUEST_TIMEOUT_S = 120.0
 DEFAULT_MIN_RATE = 4096  # bytes per second
-# The most a listing (an index page, or all pages of an S3 listing) may hold:
-# it is kept in memory whole, and a server may send one without end.
+# The most one listing response (an index page, one page of an S3 listing)
+# may hold: a server may send one without end. The daemon streams listings
+# into its database; `list_dir`, which holds a listing whole, caps all the
+# pages of an S3 listing together.
 DEFAULT_MAX_LISTING_BYTES = 64 * 1024 * 1024
 # Error documents (S3's XML) are a few hundred bytes.
 MAX_ERROR_BODY = 64 * 1024
@@ -452,6 +454,7 @@ class ListingBody:
         response.stream = _CappedStream(response.stream, limits.max_listing_bytes, deadline,
                                         lambda: limits.too_large(what))
         self._chunks = response.aiter_bytes()
+        self._coding = response.headers.get("content-encoding", "")
         self._url = url
         self._deadline = deadline
         self._limits = limits
@@ -471,9 +474,11 @@ class ListingBody:
         except trio.TooSlowError:
             raise self._limits.too_slow(f"GET {self._url}") from None
         except httpx.TimeoutException as exc:
+            if self._deadline.passed:
+                raise self._limits.too_slow(f"GET {self._url}") from None
             raise Unreachable(f"{self._url}: {type(exc).__name__} during body: {exc}") from None
         except httpx.DecodingError:
-            raise BadResponse(f"{self._url}: body cannot be decoded") from None
+            raise BadResponse(f"GET {self._url}: body cannot be decoded (Content-Encoding {self._coding!r})") from None
         except httpx.TransportError as exc:
             raise Unreachable(f"{self._url}: listing cut short: {exc}") from None
         except httpx.HTTPError as exc:
