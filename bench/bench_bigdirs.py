@@ -22,8 +22,10 @@ Every `ls -l` is checked to show N + 1 lines (the files and "total"). Cold
 means a new mount on an empty cache: the kernel knows nothing of the
 folder, neither does the client. The page cache is not dropped: nginx
 answers from memory, so the figures are the clients' own. Each figure is
-the median of --runs runs. The table gives seconds,
-microseconds per entry, and cachefs / rclone in the same run.
+the median of --runs runs. The table gives seconds, microseconds per entry,
+the CPU time the client's process spent (the daemon's, rclone's: on a busy
+machine a steadier figure than the time), and cachefs / rclone of both, in
+the same run.
 
     .venv/bin/python bench/bench_bigdirs.py [--sizes 10000,100000,1000000]
         [--runs N] [--no-rclone] [--json FILE]
@@ -60,6 +62,9 @@ LS_TIMEOUT_S = 1800.0
 # nginx's JSON index of 10^6 files is about 90 MB: past the default cap.
 MAX_LISTING = "1G"
 MiB = 1024 * 1024
+# After an `ls`, how long the client may go on working on it (the kernel's
+# FORGETs) before its CPU time is read.
+CPU_SETTLE_S = 0.5
 
 STEPS = ("ls cold", "ls -l cold", "ls -l warm", "ls -l remount")
 CLIENTS = ("cachefs", "rclone")
@@ -93,6 +98,21 @@ def make_folder(root: Path, n: int) -> Path:
 
 
 # -- measuring ------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time `pid` has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(fig: Figures, client: str, n: int, step: str, pid: int, folder: Path, long: bool) -> None:
+    """Time one `ls` and the CPU the client's process spent on it."""
+    before = cpu_seconds(pid)
+    fig.add(client, n, step, timed_ls(folder, long, n))
+    time.sleep(CPU_SETTLE_S)  # FORGETs and the like, after ls returned
+    fig.add(client, n, f"{step} cpu", cpu_seconds(pid) - before)
 
 
 def timed_ls(folder: Path, long: bool, expected: int) -> float:
@@ -138,18 +158,18 @@ class CachefsRuns:
         folder = f"flat{n}"
         mountpoint, cache = self._new()
         pid = self._mount(mountpoint, cache)
-        fig.add("cachefs", n, "ls cold", timed_ls(mountpoint / folder, False, n))
+        measure(fig, "cachefs", n, "ls cold", pid, mountpoint / folder, False)
         fig.add("cachefs", n, "RSS ls", rss_of(pid))
         self.mounts.unmount(mountpoint)
 
         mountpoint, cache = self._new()
-        self._mount(mountpoint, cache)
-        fig.add("cachefs", n, "ls -l cold", timed_ls(mountpoint / folder, True, n))
-        fig.add("cachefs", n, "ls -l warm", timed_ls(mountpoint / folder, True, n))
+        pid = self._mount(mountpoint, cache)
+        measure(fig, "cachefs", n, "ls -l cold", pid, mountpoint / folder, True)
+        measure(fig, "cachefs", n, "ls -l warm", pid, mountpoint / folder, True)
         self.mounts.unmount(mountpoint)
         pid = self._mount(mountpoint, cache)
         self.store.clear_access_log()
-        fig.add("cachefs", n, "ls -l remount", timed_ls(mountpoint / folder, True, n))
+        measure(fig, "cachefs", n, "ls -l remount", pid, mountpoint / folder, True)
         fig.add("cachefs", n, "RSS", rss_of(pid))
         asked = len(self.store.access_log())
         if asked:
@@ -225,12 +245,14 @@ class RcloneRuns:
         fig = self.figures
         folder = f"flat{n}"
         mounted = self._mount()
-        fig.add("rclone", n, "ls cold", timed_ls(mounted.mountpoint / folder, False, n))
-        fig.add("rclone", n, "RSS ls", rss_of(mounted.proc.pid))
+        pid = mounted.proc.pid
+        measure(fig, "rclone", n, "ls cold", pid, mounted.mountpoint / folder, False)
+        fig.add("rclone", n, "RSS ls", rss_of(pid))
         self._stop(mounted)
         mounted = self._mount()
-        fig.add("rclone", n, "ls -l cold", timed_ls(mounted.mountpoint / folder, True, n))
-        fig.add("rclone", n, "ls -l warm", timed_ls(mounted.mountpoint / folder, True, n))
+        pid = mounted.proc.pid
+        measure(fig, "rclone", n, "ls -l cold", pid, mounted.mountpoint / folder, True)
+        measure(fig, "rclone", n, "ls -l warm", pid, mounted.mountpoint / folder, True)
         fig.add("rclone", n, "RSS", rss_of(mounted.proc.pid))
         self._stop(mounted)
 
@@ -242,27 +264,33 @@ class RcloneRuns:
 # -- the report -----------------------------------------------------------------------
 
 
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return ours / theirs if ours is not None and theirs else None
+
+
 def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
 def report(figures: Figures, sizes: list[int]) -> str:
-    header = ["files", "step", "cachefs s", "µs/file", "rclone s", "µs/file", "cachefs/rclone"]
+    header = ["files", "step", "cachefs s", "µs/file", "cpu s", "rclone s", "µs/file", "cpu s",
+              "cachefs/rclone", "cpu ratio"]
     rows = []
     for n in sizes:
         for step in STEPS:
             ours = figures.median("cachefs", n, step)
             theirs = figures.median("rclone", n, step)
-            ratio = ours / theirs if ours is not None and theirs else None
+            ours_cpu = figures.median("cachefs", n, f"{step} cpu")
+            theirs_cpu = figures.median("rclone", n, f"{step} cpu")
             rows.append([f"{n:,}", step, _cell(ours, ".2f"), _cell(ours and ours / n * 1e6, ".1f"),
-                         _cell(theirs, ".2f"), _cell(theirs and theirs / n * 1e6, ".1f"),
-                         _cell(ratio, ".2f")])
+                         _cell(ours_cpu, ".2f"), _cell(theirs, ".2f"),
+                         _cell(theirs and theirs / n * 1e6, ".1f"), _cell(theirs_cpu, ".2f"),
+                         _cell(_ratio(ours, theirs), ".2f"), _cell(_ratio(ours_cpu, theirs_cpu), ".2f")])
         for what in ("RSS ls", "RSS"):
             ours = figures.median("cachefs", n, what)
             theirs = figures.median("rclone", n, what)
-            ratio = ours / theirs if ours is not None and theirs else None
-            rows.append([f"{n:,}", f"{what} MiB", _cell(ours, ".0f"), "", _cell(theirs, ".0f"), "",
-                         _cell(ratio, ".2f")])
+            rows.append([f"{n:,}", f"{what} MiB", _cell(ours, ".0f"), "", "", _cell(theirs, ".0f"), "", "",
+                         _cell(_ratio(ours, theirs), ".2f"), ""])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in [header, *rows]]
