@@ -185,6 +185,39 @@ class MemoryListing(Listing):
         self.key = (self.key[0], self.key[1] + 1)
 
 
+class _BatchWriter:
+    """Writes batches of a listing on the database's thread while the next
+    batch is read and parsed: SQLite lets go of the GIL as it works, so the
+    two overlap. One write at a time; a failed write fails the next put."""
+
+    def __init__(self, db: CacheDB, listing_id: int, nursery: trio.Nursery) -> None:
+        self._db = db
+        self._listing_id = listing_id
+        self._nursery = nursery
+        self._done = trio.Event()
+        self._done.set()
+        self._error: Exception | None = None
+
+    async def put(self, batch: list[ListingRow]) -> None:
+        await self.flush()
+        self._done = trio.Event()
+        self._nursery.start_soon(self._write, batch, self._done)
+
+    async def flush(self) -> None:
+        """Wait for the write under way; raise what it failed with."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def _write(self, batch: list[ListingRow], done: trio.Event) -> None:
+        try:
+            await self._db.add_listing_entries(self._listing_id, batch)
+        except (sqlite3.Error, StateLost) as e:
+            self._error = e
+        finally:
+            done.set()
+
+
 @dataclasses.dataclass
 class _Fetch:
     """One listing request; concurrent look-ups share its outcome."""
@@ -361,15 +394,7 @@ class Listings:
             self._cannot_store(e)
             return await self._fetch_to_memory(path, now)
         try:
-            batch: list[ListingRow] = []
-            async for page in self._pages(path):
-                # One bad size must not make the whole directory fail.
-                batch.extend(_row(e) for e in page if self._usable(path, e))
-                if len(batch) >= WRITE_BATCH:
-                    await self._db.add_listing_entries(listing_id, batch)
-                    batch = []
-            if batch:
-                await self._db.add_listing_entries(listing_id, batch)
+            await self._stream_into(path, listing_id)
             count, superseded = await self._db.finish_listing(listing_id, path)
         except (sqlite3.Error, StateLost) as e:
             self._cannot_store(e)
@@ -385,6 +410,29 @@ class Listings:
         self._heads[path] = listing
         await self._sweep()
         return listing
+
+    async def _stream_into(self, path: str, listing_id: int) -> None:
+        """The remote's listing of `path` into the rows of `listing_id`."""
+        # Raised from outside the nursery, which would wrap it in a group.
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            writer = _BatchWriter(self._db, listing_id, nursery)
+            try:
+                batch: list[ListingRow] = []
+                async for page in self._pages(path):
+                    # One bad size must not make the whole directory fail.
+                    batch.extend(_row(e) for e in page if self._usable(path, e))
+                    if len(batch) >= WRITE_BATCH:
+                        await writer.put(batch)
+                        batch = []
+                if batch:
+                    await writer.put(batch)
+                await writer.flush()
+            except BaseException as e:
+                failure = e
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _fetch_to_memory(self, path: str, fetched_at: float) -> Listing:
         entries: dict[bytes, RemoteEntry] = {}

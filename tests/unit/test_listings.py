@@ -15,7 +15,7 @@ from memory_remote import MemoryRemote
 
 from cachefs.cache.db import CacheDB
 from cachefs.fs.listings import PAGE_ROWS, Listing, Listings, MemoryListing, StoredListing, name_bytes
-from cachefs.remote import RemoteEntry
+from cachefs.remote import RemoteEntry, Unreachable
 
 NAMES = ["b", "a", "é", "Z", "a b", "\udcff-raw", "10", "9"] + [f"n{i:05d}" for i in range(700)]
 
@@ -144,3 +144,21 @@ def test_a_database_that_cannot_store_keeps_the_listing_in_memory(
         assert db.old_listings() == []  # the half-filled one was dropped
 
     _run(tmp_path, remote, job)
+
+
+def test_a_listing_cut_short_fails_as_the_remote_said_and_leaves_nothing(tmp_path: Path) -> None:
+    class CutShort(PagedRemote):
+        @asynccontextmanager
+        async def list_dir_pages(self, path: str) -> AsyncIterator[AsyncIterator[list[RemoteEntry]]]:
+            async def batches() -> AsyncIterator[list[RemoteEntry]]:
+                yield [_file(f"n{i:05d}") for i in range(5000)]
+                raise Unreachable("connection reset")
+
+            yield batches()
+
+    async def job(listings: Listings, db: CacheDB) -> None:
+        with pytest.raises(Unreachable):
+            await listings.get("d")
+        assert db.old_listings() == [] and db.current_listing("d") is None
+
+    _run(tmp_path, CutShort([]), job)
