@@ -55,6 +55,12 @@ UNKNOWN_INO = 0xFFFFFFFF
 FIRST_COOKIE = 3
 # Rows read from a listing per step while filling one READDIR reply.
 READDIR_STEP = 64
+# Entries in the first READDIRPLUS of a handle, though 1 MiB (DIR_BLKSIZE)
+# would take some 6,000: the kernel asks for the rest with READDIRPLUS only
+# when the program looks at the entries it got (`ls -l` does, `find` and
+# `ls` do not), so a program that only wants names gets them without an
+# inode made per entry, here and in the kernel.
+FIRST_PLUS_ENTRIES = 256
 
 
 @dataclass(eq=False)
@@ -497,7 +503,8 @@ class Filesystem:
             self.listings.hold(handle.listing)
             handle.inode.listing_key = None
             first = self._readdir_page(handle, position, None)
-        return self._dirents(handle, offset, position, first)
+        limit = FIRST_PLUS_ENTRIES if plus and offset == 0 else None
+        return self._dirents(handle, offset, position, first, limit)
 
     @staticmethod
     def _readdir_page(handle: DirHandle, position: int, after: bytes | None) -> list[RemoteEntry]:
@@ -506,7 +513,7 @@ class Filesystem:
         return handle.listing.page_at(position, READDIR_STEP)
 
     def _dirents(self, handle: DirHandle, offset: int, position: int,
-                 page: list[RemoteEntry]) -> Iterator[DirEntry]:
+                 page: list[RemoteEntry], limit: int | None) -> Iterator[DirEntry]:
         inode = handle.inode
         if offset < 1:
             yield DirEntry(b".", inode.ino, DirentType.DIR, 1)
@@ -515,8 +522,11 @@ class Filesystem:
         resume: dict[int, bytes] = {}
         handle.resume = resume
         cookie = position + FIRST_COOKIE
+        end = cookie + limit if limit is not None else None
         while page:
             for e in page:
+                if cookie == end:
+                    return
                 name = name_bytes(e.name)
                 resume[cookie] = name
                 known = self.inodes.find(inode, e)
