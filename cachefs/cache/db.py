@@ -117,6 +117,15 @@ def _connect(path: Path, *, check_same_thread: bool, timeout: float = BUSY_TIMEO
     return Database(conn)
 
 
+def _finish_listing(db: Database, listing_id: int, path: str) -> tuple[int, list[int]]:
+    """Make listing `listing_id` the current one of `path`, in a write."""
+    (count,) = db.conn.execute("SELECT COUNT(*) FROM dir_entries WHERE listing_id = ?", (listing_id,)).fetchone()
+    old = [r[0] for r in db.conn.execute("SELECT id FROM dir_listings WHERE path = ? AND state = 1", (path,))]
+    db.conn.execute("UPDATE dir_listings SET state = 2 WHERE path = ? AND state = 1", (path,))
+    db.conn.execute("UPDATE dir_listings SET state = 1, entries = ? WHERE id = ?", (count, listing_id))
+    return int(count), old
+
+
 class CacheDB:
     """Reads on the caller's thread, writes on one worker thread."""
 
@@ -401,16 +410,21 @@ class CacheDB:
         """Make a filled listing the current one of its path; returns its
         number of entries and the ids of the listings it supersedes."""
 
-        def finish(db: Database) -> tuple[int, list[int]]:
-            (count,) = db.conn.execute(
-                "SELECT COUNT(*) FROM dir_entries WHERE listing_id = ?", (listing_id,)).fetchone()
-            old = [r[0] for r in db.conn.execute(
-                "SELECT id FROM dir_listings WHERE path = ? AND state = 1", (path,))]
-            db.conn.execute("UPDATE dir_listings SET state = 2 WHERE path = ? AND state = 1", (path,))
-            db.conn.execute("UPDATE dir_listings SET state = 1, entries = ? WHERE id = ?", (count, listing_id))
-            return int(count), old
+        return await self.write(lambda db: _finish_listing(db, listing_id, path))
 
-        return await self.write(finish)
+    async def store_listing(self, path: str, fetched_at: float,
+                            rows: list[ListingRow]) -> tuple[int, int, list[int]]:
+        """A whole listing in one transaction (begin_listing, add_listing_entries
+        and finish_listing at once); returns its id, its number of entries and
+        the ids of the listings it supersedes."""
+
+        def store(db: Database) -> tuple[int, int, list[int]]:
+            listing_id = int(db.conn.execute(
+                "INSERT INTO dir_listings (path, fetched_at) VALUES (?, ?)", (path, fetched_at)).lastrowid)
+            db.conn.executemany(_UPSERT_ENTRY, [(listing_id, *r) for r in rows])
+            return (listing_id, *_finish_listing(db, listing_id, path))
+
+        return await self.write(store)
 
     async def put_listing_entry(self, listing_id: int, row: ListingRow) -> None:
         """Record one entry of a current listing, as a stat found it."""

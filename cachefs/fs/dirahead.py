@@ -80,3 +80,47 @@ class DirectoryReadahead:
         self._cursors.move_to_end(directory)
         while len(self._cursors) > MAX_DIRECTORIES:
             self._cursors.popitem(last=False)
+
+
+LISTING_WINDOW = 4  # directory listings fetched ahead of the reader
+LISTING_SCAN = 16  # entries looked through for the next directories
+
+
+class ListingReadahead:
+    """Decides which sibling directories of a just-opened one to list early.
+
+    `find`, `ls -R` and `du` open a directory's subdirectories one after
+    another in listing order, and each waits for its listing's round trip.
+    Once two opens came in order, the listings of the next few directories
+    are fetched meanwhile. Only directories count in the order: files
+    between them are passed over.
+    """
+
+    def __init__(self) -> None:
+        self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
+
+    def on_open(self, directory: str, listing: Listing, name: str) -> list[RemoteEntry]:
+        """Note that subdirectory `name` of `directory` was opened; return those to list now."""
+        raw = name_bytes(name)
+        cursor = self._cursors.get(directory)
+        if cursor is not None and raw > cursor.name and raw in self._next(listing, cursor.name, MAX_GAP):
+            cursor.name, cursor.streak = raw, cursor.streak + 1
+        else:
+            cursor = _Cursor(raw, 1, raw)
+        self._cursors[directory] = cursor
+        self._cursors.move_to_end(directory)
+        while len(self._cursors) > MAX_DIRECTORIES:
+            self._cursors.popitem(last=False)
+        if cursor.streak < MIN_STREAK:
+            return []
+        picks = [e for e in self._next_entries(listing, raw, LISTING_WINDOW) if name_bytes(e.name) > cursor.issued_to]
+        if picks:
+            cursor.issued_to = name_bytes(picks[-1].name)
+        return picks
+
+    @staticmethod
+    def _next_entries(listing: Listing, after: bytes, count: int) -> list[RemoteEntry]:
+        return [e for e in listing.page(after, LISTING_SCAN) if e.is_dir][:count]
+
+    def _next(self, listing: Listing, after: bytes, count: int) -> set[bytes]:
+        return {name_bytes(e.name) for e in self._next_entries(listing, after, count)}

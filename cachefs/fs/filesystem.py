@@ -28,7 +28,7 @@ from cachefs.kernel.passthrough import BackingError, BackingFiles
 from cachefs.kernel.wire import ROOT_ID, Attr, DirentType, OpenFlag
 from cachefs.remote import NotFound, RemoteEntry, RemoteError, VersionChanged
 
-from .dirahead import DirectoryReadahead
+from .dirahead import DirectoryReadahead, ListingReadahead
 from .inodes import Inode, InodeTable, child_path, split_path
 from .listings import Listing, Listings, ListingUnreadable, name_bytes
 from .openmode import PASSTHROUGH_OPS, HandleMode, KernelOps, choose_mode
@@ -101,6 +101,7 @@ class Filesystem:
         self.listings = Listings(cache.remote, cache.db, metadata_ttl)
         self.inodes = InodeTable(root_mtime=time.time())
         self.dirahead = DirectoryReadahead(small_size=cache.chunk_size)
+        self.listahead = ListingReadahead()
         self._handles: dict[int, FileHandle] = {}
         self._dir_handles: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
@@ -394,6 +395,28 @@ class Filesystem:
         for entry in siblings:
             self.cache.prefetch(child_path(directory, entry.name), entry.version, entry.size, entry.mtime)
 
+    def _read_ahead_listings(self, inode: Inode) -> None:
+        """List the next sibling directories early when directories are
+        opened one after another in listing order (find, ls -R, du)."""
+        if not inode.path or self._nursery is None:
+            return
+        directory, name = split_path(inode.path)
+        parent = self.listings.cached(directory)
+        if parent is None:
+            return
+        try:
+            siblings = self.listahead.on_open(directory, parent, name)
+        except ListingUnreadable:
+            return
+        for entry in siblings:
+            self._nursery.start_soon(self._list_early, child_path(directory, entry.name))
+
+    async def _list_early(self, path: str) -> None:
+        try:
+            await self.listings.get(path)
+        except RemoteError as e:
+            log.debug("listing %r ahead of the reader: %s", path, e)
+
     def _register_backing(self, inode: Inode, obj: CachedObject) -> bool:
         """Give the inode its backing id at its first passthrough open."""
         if inode.backing_id:
@@ -465,6 +488,7 @@ class Filesystem:
     async def opendir(self, ino: int) -> Opened:
         inode = self._inode(ino)
         listing = await self._listing(inode)
+        self._read_ahead_listings(inode)
         self.listings.hold(listing)
         fh = next(self._fh)
         self._dir_handles[fh] = DirHandle(inode, listing)

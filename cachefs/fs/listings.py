@@ -15,6 +15,7 @@ the cache cannot store what it saw.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -388,22 +389,32 @@ class Listings:
     async def _fetch(self, path: str) -> Listing:
         now = time.time()
         await self._sweep()
-        try:
-            listing_id = await self._db.begin_listing(path, now)
-        except (sqlite3.Error, StateLost) as e:
-            self._cannot_store(e)
-            return await self._fetch_to_memory(path, now)
-        try:
-            await self._stream_into(path, listing_id)
-            count, superseded = await self._db.finish_listing(listing_id, path)
-        except (sqlite3.Error, StateLost) as e:
-            self._cannot_store(e)
-            await self._drop_quietly([listing_id])
-            return await self._fetch_to_memory(path, now)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._drop_quietly([listing_id])
-            raise
+        async with contextlib.aclosing(self._row_batches(path)) as batches:
+            first = await anext(batches, [])
+            if len(first) < WRITE_BATCH:
+                # All there is (most directories): one transaction.
+                try:
+                    listing_id, count, superseded = await self._db.store_listing(path, now, first)
+                except (sqlite3.Error, StateLost) as e:
+                    self._cannot_store(e)
+                    return await self._fetch_to_memory(path, now)
+            else:
+                try:
+                    listing_id = await self._db.begin_listing(path, now)
+                except (sqlite3.Error, StateLost) as e:
+                    self._cannot_store(e)
+                    return await self._fetch_to_memory(path, now)
+                try:
+                    await self._stream_into(listing_id, first, batches)
+                    count, superseded = await self._db.finish_listing(listing_id, path)
+                except (sqlite3.Error, StateLost) as e:
+                    self._cannot_store(e)
+                    await self._drop_quietly([listing_id])
+                    return await self._fetch_to_memory(path, now)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await self._drop_quietly([listing_id])
+                    raise
         self._store_warned = False
         self._superseded.update(superseded)
         listing = StoredListing(self._db, listing_id, now, count)
@@ -411,21 +422,30 @@ class Listings:
         await self._sweep()
         return listing
 
-    async def _stream_into(self, path: str, listing_id: int) -> None:
-        """The remote's listing of `path` into the rows of `listing_id`."""
+    async def _row_batches(self, path: str) -> AsyncIterator[list[ListingRow]]:
+        """The remote's listing of `path` as rows, WRITE_BATCH at a time
+        (the last batch, and only it, may be shorter)."""
+        batch: list[ListingRow] = []
+        async for page in self._pages(path):
+            # One bad size must not make the whole directory fail.
+            batch.extend(_row(e) for e in page if self._usable(path, e))
+            while len(batch) >= WRITE_BATCH:
+                yield batch[:WRITE_BATCH]
+                batch = batch[WRITE_BATCH:]
+        if batch:
+            yield batch
+
+    async def _stream_into(
+        self, listing_id: int, first: list[ListingRow], rest: AsyncIterator[list[ListingRow]]
+    ) -> None:
+        """`first` and the `rest` of a listing into the rows of `listing_id`."""
         # Raised from outside the nursery, which would wrap it in a group.
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             writer = _BatchWriter(self._db, listing_id, nursery)
             try:
-                batch: list[ListingRow] = []
-                async for page in self._pages(path):
-                    # One bad size must not make the whole directory fail.
-                    batch.extend(_row(e) for e in page if self._usable(path, e))
-                    if len(batch) >= WRITE_BATCH:
-                        await writer.put(batch)
-                        batch = []
-                if batch:
+                await writer.put(first)
+                async for batch in rest:
                     await writer.put(batch)
                 await writer.flush()
             except BaseException as e:

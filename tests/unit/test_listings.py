@@ -14,7 +14,15 @@ import trio
 from memory_remote import MemoryRemote
 
 from cachefs.cache.db import CacheDB
-from cachefs.fs.listings import PAGE_ROWS, Listing, Listings, MemoryListing, StoredListing, name_bytes
+from cachefs.fs.listings import (
+    PAGE_ROWS,
+    WRITE_BATCH,
+    Listing,
+    Listings,
+    MemoryListing,
+    StoredListing,
+    name_bytes,
+)
 from cachefs.remote import RemoteEntry, Unreachable
 
 NAMES = ["b", "a", "é", "Z", "a b", "\udcff-raw", "10", "9"] + [f"n{i:05d}" for i in range(700)]
@@ -127,21 +135,25 @@ def test_an_updated_entry_changes_the_listing_key(tmp_path: Path) -> None:
     _run(tmp_path, remote, job)
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["in one write", "streamed"])
 def test_a_database_that_cannot_store_keeps_the_listing_in_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, many: bool
 ) -> None:
-    remote = PagedRemote([[_file("b")], [_file("a"), RemoteEntry("c", True)]])
+    extra = [_file(f"n{i:05d}") for i in range(WRITE_BATCH * 2 if many else 0)]
+    remote = PagedRemote([[_file("b")], [_file("a"), RemoteEntry("c", True)], extra])
 
     async def job(listings: Listings, db: CacheDB) -> None:
         async def full(*args: object) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(db, "add_listing_entries", full)
+        monkeypatch.setattr(db, "store_listing", full)
         listing: Listing = await listings.get("d")
         assert isinstance(listing, MemoryListing)
-        assert [(e.name, e.is_dir) for e in listing] == [("a", False), ("b", False), ("c", True)]
+        assert [(e.name, e.is_dir) for e in listing][:3] == [("a", False), ("b", False), ("c", True)]
+        assert len(listing) == 3 + len(extra)
         assert listing.entry("c") == RemoteEntry("c", True)
-        assert db.old_listings() == []  # the half-filled one was dropped
+        assert db.old_listings() == []  # a half-filled one was dropped
 
     _run(tmp_path, remote, job)
 
