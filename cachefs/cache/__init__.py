@@ -1,6 +1,49 @@
-"""The local cache: data files of object versions, SQLite state, chunk fetching."""
+"""The local cache: data files of object versions, SQLite state, chunk fetching.
 
-from .objects import CachedObject, CacheState
-from .store import Cache, CacheBusy, CacheDirError, default_cache_dir
+This is the cache's front door: what the filesystem, the control commands,
+the daemon, the CLI and the offline tools may use. The modules of this
+package are its parts, private to it:
 
-__all__ = ["Cache", "CacheBusy", "CacheDirError", "CachedObject", "CacheState", "default_cache_dir"]
+    front     open_cache and Cache: the door itself
+    table     the objects open in this process, and the uses that keep them open
+    objects   one cached object version and its data file
+    fetcher   brings missing chunks from the remote; slots: its priorities
+    journal   makes fetched chunks durable, then records them
+    evictor   keeps the cache under its cap and the disk above its floor
+    discard   drops versions that changed on the remote
+    folder    the source folder a cache holds; makes its files anew when lost
+    layout    where a cache keeps its files; fanout: the data folder
+    db        the SQLite state: all the SQL
+"""
+
+from .db import CorruptDatabase, OfflineDB, Usage
+from .evictor import EvictResult
+from .fetcher import CHUNK_SIZE
+from .folder import CacheBusy
+from .front import DEFAULT_MIN_FREE, Cache, CacheConfig, CacheStats, ListingStore, open_cache
+from .layout import (
+    DATA_NAME,
+    DB_NAME,
+    CacheDirError,
+    FolderBusy,
+    data_file,
+    default_cache_dir,
+    folder_lock,
+    prepare_dir,
+    remove_folder,
+    source_digest,
+    source_folders,
+)
+from .objects import CachedObject, CacheState, ChunkFetch
+from .slots import Priority
+
+__all__ = [
+    # The cache of a running mount.
+    "open_cache", "Cache", "CacheConfig", "CacheStats", "CachedObject", "CacheState", "ChunkFetch",
+    "Priority", "EvictResult", "Usage", "ListingStore",
+    "CacheBusy", "CacheDirError", "CorruptDatabase",
+    "CHUNK_SIZE", "DEFAULT_MIN_FREE", "default_cache_dir", "prepare_dir",
+    # Cache folders seen from outside a daemon (fsck, cache clear).
+    "source_folders", "source_digest", "folder_lock", "FolderBusy", "remove_folder", "data_file",
+    "OfflineDB", "DATA_NAME", "DB_NAME",
+]

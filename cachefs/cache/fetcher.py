@@ -22,6 +22,7 @@ from .evictor import Evictor
 from .journal import Journal
 from .objects import CachedObject, ChunkFetch
 from .slots import FetchSlots, Priority
+from .table import ObjectTable
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ChunkFetcher:
         journal: Journal,
         evictor: Evictor,
         nursery: trio.Nursery,
-        release: Callable[[CachedObject], None],
+        objects: ObjectTable,
         discard: Callable[[CachedObject], None] | None = None,
     ) -> None:
         """`discard` is told of an object whose remote version changed."""
@@ -57,7 +58,7 @@ class ChunkFetcher:
         self._journal = journal
         self._evictor = evictor
         self._nursery = nursery
-        self._release = release
+        self._objects = objects  # each running fetch holds a use of its object
         self._discard = discard
         self._slots = FetchSlots(MAX_INFLIGHT, SLOT_CAPS)
         self.bytes_fetched = 0
@@ -77,7 +78,7 @@ class ChunkFetcher:
             if fetch is None:
                 fetch = obj.inflight[idx] = ChunkFetch(self._slots.ticket(priority),
                                                        ahead=priority is not Priority.DEMAND)
-                obj.uses += 1
+                self._objects.retain(obj)
                 self._nursery.start_soon(self._fetch, obj, idx, fetch)
             else:
                 self._slots.promote(fetch.ticket, priority)
@@ -91,10 +92,6 @@ class ChunkFetcher:
             await fetch.done.wait()
             if fetch.error is not None:
                 raise fetch.error
-
-    async def ensure(self, obj: CachedObject, chunks: Iterable[int]) -> None:
-        """Return once every chunk in `chunks` is in the data file, or raise."""
-        await self.wait(self.start(obj, chunks))
 
     async def _fetch(self, obj: CachedObject, idx: int, fetch: ChunkFetch) -> None:
         error: BaseException | None = None
@@ -145,7 +142,7 @@ class ChunkFetcher:
         finally:
             del obj.inflight[idx]
             fetch.finish(error)
-            self._release(obj)
+            self._objects.release(obj)
 
     async def _fetch_with_retries(self, obj: CachedObject, idx: int, fetch: ChunkFetch) -> None:
         start, end = obj.chunk_span(idx)

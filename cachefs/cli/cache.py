@@ -19,7 +19,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from cachefs.cache.folders import FolderBusy, folder_lock, remove_folder, source_folders
+from cachefs.cache import FolderBusy, default_cache_dir, folder_lock, remove_folder, source_folders
 from cachefs.maint.fsck import (
     FolderReport,
     FolderState,
@@ -27,7 +27,6 @@ from cachefs.maint.fsck import (
     recorded_source,
     source_of,
 )
-from cachefs.cache.store import default_cache_dir
 from cachefs.control.client import ControlError, request
 from cachefs.runtime import Holder, NotRunning, holder_of_folder, holder_of_mount, running_mounts
 

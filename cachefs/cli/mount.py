@@ -19,9 +19,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from cachefs.cache import CacheDirError, default_cache_dir
-from cachefs.cache.fetcher import CHUNK_SIZE
-from cachefs.cache.store import DEFAULT_MIN_FREE, prepare_dir
+from cachefs.cache import CHUNK_SIZE, DEFAULT_MIN_FREE, CacheDirError, default_cache_dir, prepare_dir
 from cachefs.daemon import MountConfig, run_daemon, setup_logging
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE

@@ -14,14 +14,21 @@ import math
 import os
 import signal
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from cachefs.cache import Cache, CacheBusy, CacheDirError
-from cachefs.cache.store import DEFAULT_MIN_FREE
-from cachefs.cache.db import CorruptDatabase
+from cachefs.cache import (
+    DEFAULT_MIN_FREE,
+    Cache,
+    CacheBusy,
+    CacheConfig,
+    CacheDirError,
+    CorruptDatabase,
+    open_cache,
+)
 from cachefs.control import server as control_server
 from cachefs.control.commands import Commands
 from cachefs.fs import Filesystem
@@ -87,7 +94,7 @@ async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
     """Check the source; returns a warning when only the cache can serve it."""
     # Listing the root through the filesystem both checks the source and
     # warms the listing the first lookup needs.
-    source = fs.cache.remote.source
+    source = remote.source
     try:
         await fs.listings.get("")
     except RemoteError as e:
@@ -112,46 +119,42 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
     except ValueError as e:
         raise StartupError(str(e)) from None
     try:
-        try:
-            cache = Cache(config.cache_dir, remote, cap_bytes=config.cap_bytes,
-                          min_free_bytes=config.min_free_bytes)
-        except (CacheBusy, CacheDirError, CorruptDatabase) as e:
-            raise StartupError(str(e)) from None
-        if log_path is not None:
-            log_path(cache.root / "daemon.log")
-        try:
-            await _serve_mounted(config, cache, ready)
-        except StartupError:
-            # Nothing was served: a folder made for this mount only would
-            # be left empty (the reason goes to the user, not the log).
-            cache.close()
-            cache.discard_new()
-            raise
-        except BaseException:
-            cache.close()
-            raise
-        cache.close()
+        async with AsyncExitStack() as stack:
+            try:
+                cache = await stack.enter_async_context(open_cache(
+                    CacheConfig(config.cache_dir, cap_bytes=config.cap_bytes, min_free_bytes=config.min_free_bytes),
+                    remote))
+            except (CacheBusy, CacheDirError, CorruptDatabase) as e:
+                raise StartupError(str(e)) from None
+            if log_path is not None:
+                log_path(cache.folder / "daemon.log")
+            try:
+                await _serve_mounted(config, cache, remote, ready)
+            except StartupError:
+                # Nothing was served: a folder made for this mount only would
+                # be left empty (the reason goes to the user, not the log).
+                cache.remove_when_closed()
+                raise
     finally:
         with trio.CancelScope(shield=True):
             await remote.aclose()
 
 
-async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
+async def _serve_mounted(config: MountConfig, cache: Cache, remote: WatchedRemote, ready: Ready) -> None:
     # Before mounting: a failure here must leave nothing mounted.
     try:
         prepare_runtime_dir()
     except RuntimeDirError as e:
         raise StartupError(str(e)) from None
-    fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
-    assert isinstance(cache.remote, WatchedRemote)
+    fs = Filesystem(cache, remote, config.metadata_ttl, passthrough=config.passthrough)
     limit = math.inf if config.startup_timeout is None else config.startup_timeout
     with trio.move_on_after(limit) as startup:
-        warning = await _check_remote(fs, cache.remote)
+        warning = await _check_remote(fs, remote)
     if startup.cancelled_caught:
-        raise StartupError(f"{cache.remote.source} did not answer within {limit:g} s")
+        raise StartupError(f"{remote.source} did not answer within {limit:g} s")
     try:
         # The remote's own source string: credentials given in the URL stay out.
-        fd = mount(config.mountpoint, MountOptions(source=cache.remote.source, allow_other=config.allow_other))
+        fd = mount(config.mountpoint, MountOptions(source=remote.source, allow_other=config.allow_other))
     except MountError as e:
         raise StartupError(str(e)) from None
 
@@ -169,13 +172,12 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
             # First: a SIGTERM from now on (systemd stopping a unit that is
             # still starting, say) unmounts cleanly instead of killing us.
             await nursery.start(_stop_on_signal, config.mountpoint, session)
-            await nursery.start(cache.run)
             await nursery.start(fs.run)
             prefetcher = Prefetcher(cache, fs.listings, nursery)
             await nursery.start(control_server.serve, control, Commands(fs, prefetcher).handlers())
             try:
-                write_state(Holder(config.mountpoint, os.getpid(), cache.remote.source,
-                                   str(cache.root), str(control)))
+                write_state(Holder(config.mountpoint, os.getpid(), remote.source,
+                                   str(cache.folder), str(control)))
             except OSError as e:
                 # The mount serves without it; only `cachefs umount` and
                 # `status` cannot find this daemon by its mountpoint.

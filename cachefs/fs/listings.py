@@ -14,7 +14,7 @@ import time
 
 import trio
 
-from cachefs.cache.db import CacheDB
+from cachefs.cache import ListingStore
 from cachefs.remote import NotFound, Remote, RemoteEntry, RemoteError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class _Fetch:
 class Listings:
     """Directory path -> entries, with a TTL and single-flight fetches."""
 
-    def __init__(self, remote: Remote, db: CacheDB, ttl: float) -> None:
+    def __init__(self, remote: Remote, db: ListingStore, ttl: float) -> None:
         self._remote = remote
         self._db = db
         self.ttl = ttl

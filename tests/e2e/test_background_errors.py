@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cachefs.cache import Cache
+from cachefs.cache import Cache, CacheConfig, open_cache
 from cachefs.fs.prefetch import Prefetcher
 from cachefs.remote import RemoteEntry, RemoteError
 
@@ -59,15 +59,9 @@ async def read_whole(cache: Cache, key: str) -> bytes:
 
 def run_with_cache(tmp_path: Path, job) -> None:
     async def main() -> None:
-        cache = Cache(tmp_path / "cache", BuggyRemote())
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(cache.run)
-                with trio.fail_after(30):
-                    await job(cache)
-                nursery.cancel_scope.cancel()
-        finally:
-            cache.close()
+        async with open_cache(CacheConfig(tmp_path / "cache"), BuggyRemote()) as cache:
+            with trio.fail_after(30):
+                await job(cache)
 
     trio.run(main)
 

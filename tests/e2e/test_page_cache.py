@@ -22,6 +22,7 @@ from cachefs.cache import objects
 from cachefs.cache.db import CacheDB
 from cachefs.cache.journal import Journal
 from cachefs.cache.objects import CachedObject
+from cachefs.cache.table import ObjectTable
 from cachefs.localstore import NginxStore
 from cachefs.localstore.tree import CHUNK as DAEMON_CHUNK
 
@@ -63,6 +64,14 @@ def make_object(tmp_path: Path, name: str, data: bytes, chunk_size: int = CHUNK)
     return CachedObject(key=name, version="v1", size=len(data), mtime=0.0, chunk_size=chunk_size, path=path, fd=fd)
 
 
+def held(*objs: CachedObject) -> ObjectTable:
+    """A table holding one use of each object, as an open handle does."""
+    table = ObjectTable(on_closed=lambda obj: None)
+    for obj in objs:
+        table.add(obj)
+    return table
+
+
 @pytest.fixture
 def page_cache_fs(tmp_path: Path) -> Path:
     # tmpfs keeps every page whatever we advise; these tests need a disk.
@@ -80,8 +89,8 @@ def test_journal_drops_streamed_chunks_once_durable(page_cache_fs: Path) -> None
     big = make_object(page_cache_fs, "big", big_data, chunk_size=BIG_CHUNK)
     small = make_object(page_cache_fs, "small", rng.randbytes(CHUNK - 1))
     db = CacheDB(page_cache_fs / "cache.db")
-    released: list[CachedObject] = []
-    journal = Journal(db, released.append)
+    table = held(big, small)
+    journal = Journal(db, table)
     try:
         assert resident_bytes(big.path) == in_pages(big.size)  # just written
         journal.add(big, 0)  # a reader asked for these two
@@ -97,7 +106,7 @@ def test_journal_drops_streamed_chunks_once_durable(page_cache_fs: Path) -> None
         assert db.find_object("big", "v1").complete
         assert db.find_object("small", "v1").complete
         assert big.path.read_bytes() == big_data
-        assert len(released) == big.nchunks + 1
+        assert [table.uses(big), table.uses(small)] == [1, 1]  # every chunk's use released
     finally:
         db.close()
         big.close()
@@ -110,7 +119,7 @@ def test_chunks_flushed_apart_are_dropped_too(page_cache_fs: Path) -> None:
     data = random.Random(4).randbytes(4 * BIG_CHUNK + 5000)
     obj = make_object(page_cache_fs, "big", data, chunk_size=BIG_CHUNK)
     db = CacheDB(page_cache_fs / "cache.db")
-    journal = Journal(db, lambda obj: None)
+    journal = Journal(db, held(obj))
     try:
         for batch in ([0, 2], [4], [1, 3]):
             for idx in batch:
@@ -131,7 +140,7 @@ def test_journal_keeps_pages_it_could_not_make_durable(page_cache_fs: Path, monk
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
-    journal = Journal(db, lambda obj: None)
+    journal = Journal(db, held(big))
     try:
         for idx in range(big.nchunks):
             journal.add(big, idx, uncache=True)

@@ -15,6 +15,7 @@ from cachefs.cache import journal as journal_module
 from cachefs.cache.db import CacheDB
 from cachefs.cache.journal import Journal
 from cachefs.cache.objects import CachedObject
+from cachefs.cache.table import ObjectTable
 
 CHUNK = 64 * 1024
 
@@ -27,18 +28,21 @@ def make_object(tmp_path: Path, name: str, nchunks: int) -> CachedObject:
                         chunk_size=CHUNK, path=path, fd=fd)
 
 
+def held(*objs: CachedObject) -> ObjectTable:
+    """A table holding one use of each object, as an open handle does."""
+    table = ObjectTable(on_closed=lambda obj: None)
+    for obj in objs:
+        table.add(obj)
+    return table
+
+
 def test_settle_returns_once_queued_chunks_are_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Batches that would gather for a minute: settle must not wait that out.
     monkeypatch.setattr(journal_module, "BATCH_SECONDS", 60.0)
     db = CacheDB(tmp_path / "cache.db")
     objs = [make_object(tmp_path, f"f{i}", 2) for i in range(3)]
-    released: list[str] = []
-
-    def release(obj: CachedObject) -> None:
-        obj.uses -= 1
-        released.append(obj.key)
-
-    journal = Journal(db, release)
+    table = held(*objs)
+    journal = Journal(db, table)
 
     async def main() -> None:
         with trio.fail_after(10):
@@ -52,13 +56,13 @@ def test_settle_returns_once_queued_chunks_are_recorded(tmp_path: Path, monkeypa
                 for idx in range(2):
                     journal.add(obj, idx)
             assert [journal.holding(o) for o in objs] == [2, 2, 0]
+            assert [table.uses(o) for o in objs] == [3, 3, 1]
             await journal.settle()
             # Recorded and released, without waiting for the batch timer.
             assert [db.find_object(o.key, "v1") is not None for o in objs] == [True, True, False]
             assert db.find_object("f0", "v1").complete
-            assert sorted(released) == ["f0", "f0", "f1", "f1"]
             assert [journal.holding(o) for o in objs] == [0, 0, 0]
-            assert all(o.uses == 0 for o in objs)
+            assert [table.uses(o) for o in objs] == [1, 1, 1]  # the test's own
 
             nursery.cancel_scope.cancel()
 
@@ -75,7 +79,7 @@ def test_settle_during_a_flush_waits_for_the_flush_that_records_its_chunks(
 ) -> None:
     db = CacheDB(tmp_path / "cache.db")
     obj = make_object(tmp_path, "f", 2)
-    journal = Journal(db, lambda o: None)
+    journal = Journal(db, held(obj))
     # The first flush's fsync blocks until the test lets it go.
     entered, gate = threading.Event(), threading.Event()
     real_sync = Journal._sync_files
@@ -91,7 +95,7 @@ def test_settle_during_a_flush_waits_for_the_flush_that_records_its_chunks(
         row = db.find_object("f", "v1")
         if row is None:
             return set()
-        return {i for (i,) in db._reader.conn.execute("SELECT idx FROM chunks WHERE object_id = ?", (row.id,))}
+        return db.chunks_of(row.id)
 
     async def main() -> None:
         with trio.fail_after(10):
