@@ -39,9 +39,9 @@ from .db import ObjectRow, Usage
 from .evictor import EvictResult, Evictor
 from .fanout import data_path, make_data_dir
 from .fetcher import CHUNK_SIZE, ChunkFetcher
-from .journal import Journal
 from .discard import Discards
 from .folder import FolderWatch, HeldFolder
+from .journal import Journal
 from .layout import DATA_NAME, open_data_file, prepare_dir
 from .objects import CachedObject, CacheState, ChunkFetch
 from .slots import Priority
@@ -122,6 +122,7 @@ class Cache:
 
     def __init__(self, config: CacheConfig, remote: Remote, held: HeldFolder, nursery: trio.Nursery) -> None:
         self._held = held
+        self._remove_when_closed = False
         self._nursery = nursery
         self._db = held.db
         self.source = remote.source
@@ -143,7 +144,6 @@ class Cache:
         nursery.start_soon(self._journal.run)
         nursery.start_soon(self._evictor.run)
         nursery.start_soon(self._watch.run)
-        self._remove_when_closed = False
 
     def remove_when_closed(self) -> None:
         """Remove the folder when the cache closes if this cache made it: for a
@@ -177,7 +177,7 @@ class Cache:
         ident = (key, version)
         obj = self._objects.find(key, version)
         if obj is None:
-            if ident in self._evictor.evicting or self._discards.pending(key, version):
+            if ident in self._evictor.evicting or self._discards.pending(key, version) is not None:
                 return None
             row = self._db.find_object(key, version)
             if row is None or not row.complete:
