@@ -7,6 +7,7 @@ Small chunks (64 KiB) keep every object a few chunks long and the tests fast.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -29,8 +30,8 @@ CH = 64 * 1024
 
 
 def data(n: int, seed: int = 0) -> bytes:
-    """`n` bytes that differ from chunk to chunk and from seed to seed."""
-    return bytes((i * 7 + i // 4096 + seed * 13) % 251 for i in range(n))
+    """`n` random bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(n)
 
 
 def config(tmp_path: Path, **kwargs: object) -> CacheConfig:
