@@ -9,6 +9,7 @@ is back, with no remount. The proxy's own cache outlives its restart.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,6 +94,10 @@ def test_mounts_share_a_site_cache_and_outlive_its_restart(
         for mp in mountpoints:
             assert sha256_file(mp / first[0]) == hashes[first[0]]
             assert sha256_file(mp / first[-1]) == hashes[first[-1]]
+        # What none had read fails cleanly rather than hanging or lying.
+        with pytest.raises(OSError) as failed:
+            sha256_file(mountpoints[0] / second[-1])
+        assert failed.value.errno == errno.EIO
 
         # Proxy back on the same port: files nobody had read come through
         # every mount, still about once from the origin, with no remount.
