@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from .tls import ServerCert
+
 LOOPBACK = "127.0.0.1"
 DATA_PREFIX = "/data/"
 HTML_PREFIX = "/html/"
@@ -351,11 +353,14 @@ class NginxStore(NginxProcess):
 
     def __init__(
         self, root: Path, workdir: Path, *, workers: int = 1, slow_rate: int = DEFAULT_SLOW_RATE,
-        port: int = 0,
+        port: int = 0, tls: ServerCert | None = None,
     ) -> None:
+        """With `tls`, the same locations are also served over HTTPS (`https_url`)."""
         super().__init__(workdir, workers=workers, port=port)
         self.root = Path(root).resolve()
         self.slow_rate = slow_rate
+        self.tls = tls
+        self.tls_port = 0
 
     @property
     def url(self) -> str:
@@ -369,16 +374,28 @@ class NginxStore(NginxProcess):
     def slow_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}{SLOW_PREFIX}"
 
+    @property
+    def https_url(self) -> str:
+        """The JSON autoindex over HTTPS (only with `tls`)."""
+        return f"https://{LOOPBACK}:{self.tls_port}{DATA_PREFIX}"
+
     def check(self) -> None:
         if not self.root.is_dir():
             raise NginxError(f"store root is not a directory: {self.root}")
+        if self.tls is not None and not self.tls_port:
+            self.tls_port = free_port()
 
     def server_text(self) -> str:
         root = conf_quote(f"{self.root}/")
+        tls = ""
+        if self.tls is not None:
+            tls = (f"        listen {LOOPBACK}:{self.tls_port} ssl;\n"
+                   f"        ssl_certificate {conf_quote(self.tls.cert)};\n"
+                   f"        ssl_certificate_key {conf_quote(self.tls.key)};\n")
         return f"""\
     server {{
         listen {LOOPBACK}:{self.port};
-        server_name localhost;
+{tls}        server_name localhost;
 
         location {DATA_PREFIX} {{
             alias {root};
