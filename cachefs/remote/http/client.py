@@ -163,8 +163,8 @@ def make_client(
     # it to "all://"); without one, trust_env applies the usual HTTP(S)_PROXY
     # / NO_PROXY variables. Where a proxy may apply, httpx's own transports
     # carry everything: httpx reads the environment only when it chooses
-    # the transports itself. Otherwise plain-HTTP GETs and HEADs go through
-    # our lean transport, and https and the rest through httpx's (http11.py).
+    # the transports itself. Otherwise HTTP and HTTPS GETs and HEADs go through our lean transport (transport.py),
+    # the rest through httpx's.
     proxied = proxy is not None or bool(set(urllib.request.getproxies()) & {"http", "https", "all"})
     http11 = None
     if not proxied:
