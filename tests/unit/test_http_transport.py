@@ -321,7 +321,7 @@ async def open_transport(
     max_connections: int = 4,
 ) -> AsyncIterator[tuple[Http11Transport, RecordingFallback]]:
     fallback = RecordingFallback()
-    transport = Http11Transport(fallback, max_connections=max_connections)
+    transport = Http11Transport(lambda proxy: fallback, max_connections=max_connections)
     try:
         yield transport, fallback
     finally:

@@ -15,7 +15,6 @@ import base64
 import email.utils
 import math
 import re
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import httpx
 import trio
 
 from ..base import BadResponse, Pin, Unreachable, VersionChanged
+from .proxies import Proxy, ProxyChoice
 from .transport import DEADLINE_ENFORCED, DEADLINE_EXTENSION, Deadline, Http11Transport
 
 MAX_CONNECTIONS = 16
@@ -92,19 +92,16 @@ class RequestLimits:
 
 
 class RemoteClient(httpx.AsyncClient):
-    """httpx's client, plus a short way to send body-less plain-HTTP requests.
+    """httpx's client over our transport, plus a short way to send body-less requests.
 
     A cold read of small files sends one GET per file, and httpx's client
     adds about 0.1 ms of CPU to each (cookies, auth and redirect machinery
     we do not use). `send_quick` hands such requests straight to our
-    transport when no proxy can apply, and falls back to `send` for
-    everything else, and for redirects.
+    transport, and falls back to `send` for everything else, and for
+    redirects.
     """
 
-    def __init__(
-        self, *, http11: Http11Transport | None, request_limits: RequestLimits, **kwargs: Any
-    ) -> None:
-        """`http11`, if given, carries every request httpx does not proxy."""
+    def __init__(self, *, http11: Http11Transport, request_limits: RequestLimits, **kwargs: Any) -> None:
         super().__init__(transport=http11, **kwargs)
         self._http11 = http11
         self.request_limits = request_limits
@@ -112,7 +109,7 @@ class RemoteClient(httpx.AsyncClient):
     async def send_quick(
         self, request: httpx.Request, *, stream: bool, follow_redirects: bool
     ) -> httpx.Response:
-        if self._http11 is None or not self._http11.handles(request):
+        if not self._http11.handles(request):
             return await self.send(request, stream=stream, follow_redirects=follow_redirects)
         response = await self._http11.handle_async_request(request)
         response.request = request
@@ -159,22 +156,18 @@ def make_client(
         # it from redirects to another origin.
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
         headers["Authorization"] = f"Basic {token}"
-    # An explicit proxy is used for every host, loopback included (httpx maps
-    # it to "all://"); without one, trust_env applies the usual HTTP(S)_PROXY
-    # / NO_PROXY variables. Where a proxy may apply, httpx's own transports
-    # carry everything: httpx reads the environment only when it chooses
-    # the transports itself. Otherwise HTTP and HTTPS GETs and HEADs go through our lean transport (transport.py),
-    # the rest through httpx's.
-    proxied = proxy is not None or bool(set(urllib.request.getproxies()) & {"http", "https", "all"})
-    http11 = None
-    if not proxied:
-        http11 = Http11Transport(
-            httpx.AsyncHTTPTransport(limits=limits, trust_env=True), max_connections=MAX_CONNECTIONS
-        )
+    # Our transport carries every request: it picks the proxy (explicit, or
+    # from HTTP(S)_PROXY / NO_PROXY) and hands what it does not send itself
+    # (bodies, https:// proxies) to httpx's transport for that proxy. httpx
+    # reads no proxy variable itself when given a transport.
+    def fallback(via: Proxy | None) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport(limits=limits, trust_env=True,
+                                        proxy=str(via.url) if via else None)
+
+    http11 = Http11Transport(fallback, max_connections=MAX_CONNECTIONS, proxies=ProxyChoice(proxy))
     return RemoteClient(
         http11=http11,
         request_limits=request_limits or RequestLimits(),
-        proxy=proxy,
         trust_env=True,
         headers=headers,
         limits=limits,
