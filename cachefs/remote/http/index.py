@@ -34,6 +34,7 @@ from .client import (
     ClientOwner,
     RequestLimits,
     RetryPolicy,
+    ServedRange,
     adopt_pin,
     check_pin,
     check_range_answer,
@@ -198,14 +199,14 @@ class HttpIndexRemote(ClientOwner):
             headers.update(precondition_headers(pin))
             return await self._send("GET", url, headers=headers, stream=True, follow_redirects=True), url
 
-        async def check(response: httpx.Response, url: str) -> None:
-            self._check_range_response(response, url, start, end, version, pin)
+        async def check(response: httpx.Response, url: str) -> ServedRange:
+            return self._check_range_response(response, url, start, end, version, pin)
 
         return ranged_read(start, end, send, check)
 
     def _check_range_response(
         self, response: httpx.Response, url: str, start: int, end: int, version: str, pin: Pin | None
-    ) -> None:
+    ) -> ServedRange:
         status = response.status_code
         if status == HTTP_PRECONDITION_FAILED and pin is not None and pin.validator:
             raise VersionChanged(f"{url}: no longer the pinned version {pin.validator!r} (HTTP 412)")
@@ -217,10 +218,11 @@ class HttpIndexRemote(ClientOwner):
         # 200 of the whole, which is no reason to retry.
         served = served_validator(response)
         check_pin(pin, served, None, url)
-        total_size = check_range_answer(response, url, start, end, None if pin is None else pin.size)
-        check_pin(pin, served, total_size, url)
-        _check_version(version, total_size, response.headers.get("last-modified"), url)
+        answer = check_range_answer(response, url, start, end, None if pin is None else pin.size)
+        check_pin(pin, served, answer.total, url)
+        _check_version(version, answer.total, response.headers.get("last-modified"), url)
         adopt_pin(pin, served)
+        return answer
 
     # ------------------------------------------------------------ helpers
 
