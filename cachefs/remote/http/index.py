@@ -12,6 +12,7 @@ refused if they answer another validator or another total size.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -104,6 +105,10 @@ class HttpIndexRemote(ClientOwner):
         self._client = make_client(proxy, auth, limits)
         self._head_limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
         self._warned_names: set[tuple[str, str]] = set()
+        # Whether each directory's index shows times to the minute only, and
+        # what the last index showed, for directories not listed yet.
+        self._minute_dirs: dict[str, bool] = {}
+        self._minute_times = False
 
     # ------------------------------------------------------------ listing
 
@@ -120,6 +125,9 @@ class HttpIndexRemote(ClientOwner):
             raise BadResponse(f"{url}: {exc}") from None
         self._warn_rejected(path, listing.rejected)
 
+        # Every file shows its time at the precision of its index page, also
+        # where a HEAD tells seconds: HEADs come and go (see `stat`).
+        self._minute_dirs[path] = self._minute_times = listing.minute_times
         heads = await self._stat_many(path, _names_to_head(listing))
         offset = 0 if listing.times_are_exact else _zone_offset(listing.entries, heads)
         entries = []
@@ -181,7 +189,13 @@ class HttpIndexRemote(ClientOwner):
             _raise_for_status(response, url)
         if response.url.path.endswith("/"):
             return RemoteEntry(name=name, is_dir=True)
-        return _entry_from_head(name, response, url)
+        entry = _entry_from_head(name, response, url)
+        directory = path.rpartition("/")[0]
+        if self._minute_dirs.get(directory, self._minute_times):
+            # Its index shows minutes: so must this, or the same file would
+            # show 04:05:00 listed and 04:05:06 once a HEAD was made.
+            entry = dataclasses.replace(entry, mtime=_to_minute(entry.mtime))
+        return entry
 
     async def _head_directory(self, url: str) -> None:
         response = await self._send("HEAD", url, follow_redirects=True)
@@ -290,6 +304,10 @@ def _zone_offset(entries: list[ListedEntry], heads: dict[str, RemoteEntry]) -> i
         if offset % ZONE_STEP_S == 0 and abs(offset) <= MAX_ZONE_OFFSET_S:
             return offset
     return 0
+
+
+def _to_minute(mtime: float) -> float:
+    return float(int(mtime) // SECONDS_PER_MINUTE * SECONDS_PER_MINUTE)
 
 
 def _entry_from_listing(item: ListedEntry, offset: int) -> RemoteEntry:
