@@ -270,16 +270,14 @@ def test_range_answered_200_with_its_content_range(mount: Mounter, tmp_path: Pat
 
 
 def test_200_with_another_content_range_is_refused() -> None:
-    data = payload(7, BIG)
+    """Only the range asked for: here the object is 100 bytes shorter than
+    the reader thinks, so the Content-Range of the 200 ends elsewhere."""
+    data = payload(7, BIG - 100)
     with VersionServer(ServerConfig(range_status=200)) as server:
         server.put("big.bin", data, MTIME, '"v1"')
-        # The answer's Content-Range must be the one asked for: here it is
-        # for 100 bytes less (as if the object were shorter).
-        server.put("big.bin", data[:-100], MTIME, '"v1"')
-        with pytest.raises((BadResponse, VersionChanged)):
-            trio.run(read, server.url, 2 * CHUNK, BIG, Pin(BIG))
-        with pytest.raises(BadResponse):
+        with pytest.raises(BadResponse, match="asked for"):
             trio.run(read, server.url, 2 * CHUNK, BIG, None)
+        assert trio.run(read, server.url, 2 * CHUNK, BIG - 100, None) == data[2 * CHUNK:]
 
 
 # -- S3 directory markers -------------------------------------------------------
