@@ -303,23 +303,42 @@ class _CappedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
+@dataclass(frozen=True)
+class ServedRange:
+    """The bytes [start, end) an answer to a ranged GET holds, and the object's
+    total size when the answer gives it. Wider than asked only when the server
+    sent the whole object (it ignores Range): then (0, size)."""
+
+    start: int
+    end: int
+    total: int | None
+
+
 def check_range_answer(
     response: httpx.Response, url: str, start: int, end: int, size: int | None = None
-) -> int | None:
-    """Check that a 200 or 206 answer holds exactly bytes [start, end).
+) -> ServedRange:
+    """Check that a 200 or 206 answer holds bytes [start, end), or the whole object.
 
-    Returns the object's total size when the answer gives it. Raises
-    BadResponse for a different range, a 200 that is more than the range, or
-    a content coding we did not ask for. Other statuses are the caller's.
-    With `size`, the object's expected size, a range asked with
-    `range_header(start, end, size)` that reaches past it (the object is
-    longer) raises VersionChanged.
+    A Content-Range, with either status (`rclone serve s3` answers 200 with
+    one), must be the range asked for. A 200 without one is the whole object
+    (`python3 -m http.server` ignores Range): fine when `size`, the object's
+    expected size, is known; the caller then gets more than it asked for
+    (see WholeBody). Raises BadResponse for another range and for a content
+    coding we did not ask for; other statuses are the caller's. A range
+    asked with `range_header(start, end, size)` that reaches past `size`
+    (the object is longer) raises VersionChanged.
     """
     status = response.status_code
-    if status == HTTP_PARTIAL:
-        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    if status not in (HTTP_OK, HTTP_PARTIAL):
+        raise ValueError(f"check_range_answer called for HTTP {status}")
+    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise BadResponse(f"{url}: unrequested Content-Encoding {coding!r}")
+    content_range = response.headers.get("content-range")
+    if status == HTTP_PARTIAL or content_range is not None:
+        match = _CONTENT_RANGE.match(content_range or "")
         if match is None:
-            raise BadResponse(f"{url}: 206 without a usable Content-Range")
+            raise BadResponse(f"{url}: {status} without a usable Content-Range")
         first, last, total = match.groups()
         if size is not None and end == size and (int(first), int(last)) == (start, end):
             # We asked for one byte past the expected end (range_header), and
@@ -327,19 +346,16 @@ def check_range_answer(
             raise VersionChanged(f"{url}: the object is longer than {size} bytes")
         if (int(first), int(last) + 1) != (start, end):
             raise BadResponse(f"{url}: asked for {start}-{end - 1}, got {first}-{last}")
-        total_size = None if total == "*" else int(total)
-    elif status == HTTP_OK:
-        # The server ignored Range; fine only if the body is exactly the range.
-        length = response.headers.get("content-length")
-        if start != 0 or length is None or int(length) != end:
-            raise BadResponse(f"{url}: server ignored the Range header")
-        total_size = end
-    else:
-        raise ValueError(f"check_range_answer called for HTTP {status}")
-    coding = response.headers.get("content-encoding", "identity").strip().lower()
-    if coding not in ("", "identity"):
-        raise BadResponse(f"{url}: unrequested Content-Encoding {coding!r}")
-    return total_size
+        return ServedRange(start, end, None if total == "*" else int(total))
+    # A 200 without Content-Range is the whole object, whatever was asked:
+    # its length is the object's size (check_pin compares it with the pin's).
+    length = response.headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise BadResponse(f"{url}: unusable Content-Length {length!r}")
+    total = size if length is None else int(length)
+    if total is None:
+        raise BadResponse(f"{url}: server ignored the Range header and gave no length")
+    return ServedRange(0, total, total)
 
 
 @asynccontextmanager
@@ -347,13 +363,15 @@ async def ranged_read(
     start: int,
     end: int,
     send: Callable[[], Awaitable[tuple[httpx.Response, str]]],
-    check: Callable[[httpx.Response, str], Awaitable[None]],
+    check: Callable[[httpx.Response, str], Awaitable[ServedRange]],
 ) -> AsyncIterator[AsyncIterator[bytes]]:
     """The body of bytes [start, end) of one object, for `Remote.read_range`.
 
     `send` makes the ranged GET and returns it with its URL (for messages);
-    `check` raises if the answer cannot be trusted (wrong range, version...).
-    The body yields exactly end-start bytes or raises; both are closed after.
+    `check` raises if the answer cannot be trusted (wrong range, version...)
+    and says which bytes it holds. The body yields exactly end-start bytes
+    or raises (a WholeBody can be asked for the whole object instead); both
+    are closed after.
     """
     if not 0 <= start <= end:
         raise ValueError(f"bad range [{start}, {end})")
@@ -361,10 +379,16 @@ async def ranged_read(
         yield empty_body()
         return
     response, url = await send()
-    body = None
+    body: ExactBody | WholeBody | None = None
     try:
-        await check(response, url)
-        body = ExactBody(response, end - start, url)
+        served = await check(response, url)
+        if (served.start, served.end) == (start, end):
+            body = ExactBody(response, end - start, url)
+        elif served.start <= start and end <= served.end:
+            body = WholeBody(response, served.end, start, end, url)
+        else:
+            raise BadResponse(f"{url}: the answer holds bytes {served.start}-{served.end - 1}, "
+                              f"not {start}-{end - 1}")
         yield body
     finally:
         if body is not None:
@@ -481,6 +505,47 @@ class ExactBody:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
+
+
+class WholeBody:
+    """The body of a whole object sent for a range (the server ignores Range).
+
+    It yields the bytes asked for, [start, end), as ExactBody would: those
+    before are read and dropped, and it stops at `end`. After `take_whole()`
+    it yields every byte of the object instead, from its first: a cache can
+    keep them all, since they come anyway (base.take_whole_object).
+    """
+
+    def __init__(self, response: httpx.Response, size: int, start: int, end: int, url: str) -> None:
+        self._body = ExactBody(response, size, url)
+        self._start = start
+        self._end = end
+        self._pos = 0  # bytes of the object read so far
+        self._whole = False
+
+    def take_whole(self) -> bool:
+        """Yield the whole object from its first byte; only before any is read."""
+        if self._pos:
+            raise RuntimeError("take_whole() after the body was read")
+        self._whole = True
+        return True
+
+    def __aiter__(self) -> WholeBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._whole:
+            return await self._body.__anext__()
+        while self._pos < self._end:
+            chunk = await self._body.__anext__()
+            at = self._pos
+            self._pos += len(chunk)
+            if self._pos > self._start:
+                return chunk[max(0, self._start - at) : self._end - at]
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
 
 
 def parse_http_date(value: str | None) -> float | None:
