@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from reliability import checked_read, only_folder
-from conftest import Mounter, Tree
+from mounter import Mounter, Tree
 
 from cachefs.cache.fanout import FS_IOC_GETFLAGS, FS_TOPDIR_FL, mark_top_directory
 from cachefs.localstore import NginxStore

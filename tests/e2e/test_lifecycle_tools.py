@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CACHEFS, Mounter, Tree, wait_until
+from mounter import CACHEFS, Mounter, Tree, wait_until
 
 from cachefs.localstore import NginxStore
 from cachefs.localstore.tree import CHUNK

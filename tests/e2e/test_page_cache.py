@@ -25,7 +25,7 @@ from cachefs.cache.objects import CachedObject
 from cachefs.localstore import NginxStore
 from cachefs.localstore.tree import CHUNK as DAEMON_CHUNK
 
-from conftest import Mounter, Tree, wait_until
+from mounter import Mounter, Tree, wait_until
 
 CHUNK = 256 * 1024
 BIG_CHUNK = 2 << 20

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import CACHEFS, Mounter, Tree, pid_alive, wait_until
+from mounter import CACHEFS, Mounter, Tree, pid_alive, wait_until
 
 import cachefs as cachefs_package
 from cachefs.localstore import NginxStore, TreeSpec, make_tree
