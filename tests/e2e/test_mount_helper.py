@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from namespace import PrivateNamespace
-from conftest import CACHEFS, pid_alive, sha256_of, wait_until
+from mounter import CACHEFS, pid_alive, sha256_of, wait_until
 
 from cachefs.cli import mount_helper
 from cachefs.localstore import NginxStore, TreeSpec, make_tree

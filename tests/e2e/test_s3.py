@@ -23,7 +23,7 @@ import pytest
 import trio
 
 # pytest puts tests/ on sys.path, so helpers import directly.
-from conftest import Mounter, Tree, is_mounted
+from mounter import Mounter, Tree, is_mounted
 from s3_fixtures import LOOPBACK, MotoS3, isolated_aws_env
 from test_cli_errors import assert_one_line_error
 from test_http_remote import canned_server, reply

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from reliability import checked_read, only_folder
-from conftest import STATE_DIR, Mounter, Tree, mount_info
+from mounter import STATE_DIR, Mounter, Tree, mount_info
 from faultproxy import DEFAULT_RATES, FaultConfig, FaultProxy
 
 from cachefs.localstore import NginxStore

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from namespace import NOBODY, PLAIN_PATH, PrivateNamespace, expose_to_others
-from conftest import CACHEFS, Tree, pid_alive, wait_until
+from mounter import CACHEFS, Tree, pid_alive, wait_until
 
 import cachefs
 from cachefs.localstore import NginxStore
