@@ -81,13 +81,13 @@ FLAGS: dict[str, str] = {
 def valued() -> dict[str, _Valued]:
     """VALUED and each remote type's options that take a value
     (`endpoint_url=` is `--endpoint-url`): the fstab name is the field's."""
-    return {**VALUED, **{name: _Valued(cli.flag, cli.type or _nonempty, cli.shown)
-                         for name, cli, is_flag in REGISTRY.cli_options() if not is_flag}}
+    return {**VALUED, **{cli.name: _Valued(cli.flag, cli.type or _nonempty, cli.shown)
+                         for cli in REGISTRY.cli_options() if not cli.is_flag}}
 
 
 def flags() -> dict[str, str]:
     """FLAGS and each remote type's flags (`no_sign_request` is `--no-sign-request`)."""
-    return {**FLAGS, **{name: cli.flag for name, cli, is_flag in REGISTRY.cli_options() if is_flag}}
+    return {**FLAGS, **{cli.name: cli.flag for cli in REGISTRY.cli_options() if cli.is_flag}}
 
 
 # Options mount(8), fstab and systemd use for themselves, and the generic

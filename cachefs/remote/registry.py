@@ -38,7 +38,7 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 class CliOption:
     """How one options field shows on the command line."""
 
-    flag: str  # "--endpoint-url"; the fstab option is the field's name
+    flag: str  # "--endpoint-url"
     help: str
     metavar: str | None = None
     # Converts and checks a value (argparse `type`); None keeps the string.
@@ -46,6 +46,10 @@ class CliOption:
     # Whether the value may be repeated in an error message (the mount
     # helper's): an endpoint or a token may be private.
     shown: bool = True
+    # Filled in from the field by `RemoteOptions.cli_options`:
+    name: str = ""  # the field's name: the argparse dest and the fstab option
+    is_flag: bool = False  # a bool field: `--flag` without a value
+    default: Any = None
 
 
 def option(default: Any, flag: str, help: str, *, metavar: str | None = None,
@@ -57,6 +61,11 @@ def option(default: Any, flag: str, help: str, *, metavar: str | None = None,
     """
     return dataclasses.field(default=default,
                              metadata={_CLI: CliOption(flag, help, metavar, type, shown)})
+
+
+def _is_flag(f: dataclasses.Field) -> bool:
+    # Annotations are strings here (from __future__ import annotations).
+    return f.type in (bool, "bool")
 
 
 @dataclass(frozen=True)
@@ -80,16 +89,16 @@ class RemoteOptions:
         if unknown:
             raise ValueError(f"unknown remote options {sorted(unknown)} for {cls.__name__}")
         for name, value in data.items():
-            flag = fields[name].type in (bool, "bool")
-            if not (isinstance(value, bool) if flag else
+            if not (isinstance(value, bool) if _is_flag(fields[name]) else
                     value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool)):
                 raise ValueError(f"remote option {name}: {value!r} is not a value it takes")
         return cls(**data)
 
     @classmethod
-    def cli_fields(cls) -> list[tuple[dataclasses.Field, CliOption]]:
+    def cli_options(cls) -> list[CliOption]:
         """The fields that are command-line options, in declaration order."""
-        return [(f, f.metadata[_CLI]) for f in dataclasses.fields(cls) if _CLI in f.metadata]
+        return [dataclasses.replace(f.metadata[_CLI], name=f.name, is_flag=_is_flag(f), default=f.default)
+                for f in dataclasses.fields(cls) if _CLI in f.metadata]
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ class Backend:
     public_source: Callable[[str], str] = _unchanged
 
     def flags(self) -> list[str]:
-        return [cli.flag for _, cli in self.options.cli_fields()]
+        return [cli.flag for cli in self.options.cli_options()]
 
 
 def _either(items: list[str]) -> str:
@@ -157,8 +166,8 @@ class Registry:
     def register(self, backend: Backend) -> None:
         """Add a backend; ValueError if a scheme, flag or field name is taken."""
         schemes = {s for b in self._backends for s in b.schemes}
-        taken = {name for b in self._backends for f, cli in b.options.cli_fields() for name in (f.name, cli.flag)}
-        mine = {name for f, cli in backend.options.cli_fields() for name in (f.name, cli.flag)}
+        taken = {name for b in self._backends for cli in b.options.cli_options() for name in (cli.name, cli.flag)}
+        mine = {name for cli in backend.options.cli_options() for name in (cli.name, cli.flag)}
         if clash := (schemes & set(backend.schemes)) | (taken & mine):
             raise ValueError(f"backend {backend.name!r}: {sorted(clash)} already registered")
         if any(s != s.lower() for s in backend.schemes):
@@ -213,14 +222,15 @@ class Registry:
         if options is None:
             options = backend.options()
         elif type(options) is not backend.options:
-            raise self._misplaced(type(options))
+            raise self._misplaced(type(options), backend)
         return backend.open(source, options, proxy=proxy, limits=limits)
 
-    def _misplaced(self, options_type: type[RemoteOptions]) -> ValueError:
-        """The error for options given to a source of another backend."""
+    def _misplaced(self, options_type: type[RemoteOptions], backend: Backend) -> ValueError:
+        """The error for options of another type than `backend`'s."""
         owner = next((b for b in self._backends if b.options is options_type), None)
         if owner is None or not owner.flags():
-            return ValueError(f"{options_type.__name__} are the options of no registered remote type")
+            return ValueError(f"{backend.name} sources take {backend.options.__name__}, "
+                              f"not {options_type.__name__}")
         flags = owner.flags()
         verb = "applies" if len(flags) == 1 else "apply"
         return ValueError(f"{_both(flags)} {verb} to {_either([f'{s}://' for s in owner.schemes])} sources only")
@@ -235,17 +245,17 @@ class Registry:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Every backend's option group (the fields' dests are their names)."""
         for backend in self._backends:
-            fields = backend.options.cli_fields()
-            if not fields:
+            options = backend.options.cli_options()
+            if not options:
                 continue
             group = parser.add_argument_group(backend.group_title or f"{backend.name} sources",
                                               backend.group_description)
-            for f, cli in fields:
-                if f.type in (bool, "bool"):
-                    group.add_argument(cli.flag, dest=f.name, action="store_true", help=cli.help)
+            for cli in options:
+                if cli.is_flag:
+                    group.add_argument(cli.flag, dest=cli.name, action="store_true", help=cli.help)
                 else:
-                    group.add_argument(cli.flag, dest=f.name, metavar=cli.metavar, type=cli.type,
-                                       default=f.default, help=cli.help)
+                    group.add_argument(cli.flag, dest=cli.name, metavar=cli.metavar, type=cli.type,
+                                       default=cli.default, help=cli.help)
 
     def options_from_args(self, source: str, args: argparse.Namespace) -> RemoteOptions:
         """The options of `source`'s backend from a parser `add_arguments`
@@ -253,19 +263,18 @@ class Registry:
         backend = self.backend_for(source)
         for other in self._backends:
             if other is not backend and not self._from_args(other, args).is_default():
-                raise self._misplaced(other.options)
+                raise self._misplaced(other.options, backend)
         return self._from_args(backend, args)
 
     @staticmethod
     def _from_args(backend: Backend, args: argparse.Namespace) -> RemoteOptions:
-        given = {f.name: getattr(args, f.name) for f, _ in backend.options.cli_fields()
-                 if hasattr(args, f.name)}
+        given = {cli.name: getattr(args, cli.name) for cli in backend.options.cli_options()
+                 if hasattr(args, cli.name)}
         return backend.options(**given)
 
-    def cli_options(self) -> list[tuple[str, CliOption, bool]]:
-        """(field name, its option, whether it is a flag) of every backend."""
-        return [(f.name, cli, f.type in (bool, "bool"))
-                for b in self._backends for f, cli in b.options.cli_fields()]
+    def cli_options(self) -> list[CliOption]:
+        """The command-line options of every backend."""
+        return [cli for b in self._backends for cli in b.options.cli_options()]
 
     # --- the daemon's environment -------------------------------------------
 

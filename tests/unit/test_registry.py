@@ -144,6 +144,8 @@ def test_options_of_another_type_are_refused(memory: Backend) -> None:
         open_remote("http://127.0.0.1:1/", MemoryOptions(offline=True))
     with pytest.raises(ValueError, match="s3:// sources only"):
         open_remote("memory://shop", S3Options(region="eu-west-1"))
+    with pytest.raises(ValueError, match="memory sources take MemoryOptions, not NoOptions"):
+        open_remote("memory://shop", NoOptions())
 
 
 def test_unknown_schemes_name_the_registered_ones(memory: Backend) -> None:

@@ -60,7 +60,7 @@ def test_options_are_plain_data_and_command_line_options() -> None:
     options = S3Options(endpoint_url="http://127.0.0.1:9000", region="eu-west-1", no_sign_request=True)
     assert S3Options.from_dict(json.loads(json.dumps(options.to_dict()))) == options
     assert S3Options().is_default() and not options.is_default()
-    assert [cli.flag for _, cli in S3Options.cli_fields()] == [
+    assert [cli.flag for cli in S3Options.cli_options()] == [
         "--endpoint-url", "--region", "--profile", "--no-sign-request", "--force-path-style"]
     for bad in ({"endpoint": "x"}, {"no_sign_request": "yes"}, {"region": ["a"]}):
         with pytest.raises(ValueError):
