@@ -63,7 +63,7 @@ def test_cache_files_are_private(tree: Tree, store: NginxStore, mount: Mounter, 
     for rel in READ:
         assert checked_read(mp, tree, rel).ok == [rel]
     folder = only_folder(cache)
-    for name in ("state.db", "lock", "daemon.log"):
+    for name in ("state.db", "lock", "daemon.log", "remote.json"):
         assert (folder / name).exists(), name
     assert any(p.is_file() for p in (folder / "data").rglob("*")), "no data files were written"
     # While mounted: the WAL files exist, and the runtime files.
