@@ -35,8 +35,9 @@ from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import Prefetcher
 from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
 from cachefs.kernel.mounting import FSTYPE, set_read_ahead
-from cachefs.remote import NotFound, RemoteError, RequestLimits, S3Options, open_remote
+from cachefs.remote import REGISTRY, NotFound, Remote, RemoteError, RemoteOptions, RequestLimits
 from cachefs.remote.health import WatchedRemote
+from cachefs.remote.record import write_record
 from cachefs.runtime import Holder, RuntimeDirError, prepare_runtime_dir, state_file, write_state
 from cachefs.remote.http.client import (
     DEFAULT_MAX_LISTING_BYTES,
@@ -72,18 +73,28 @@ class MountConfig:
     # (None: never). `cachefs mount` sets it a little below its own wait, so
     # that it can report why, and no daemon stays whose mount it reported failed.
     startup_timeout: float | None = None
-    # Endpoint, region, profile... for s3:// sources; must stay default otherwise.
-    s3: S3Options = S3Options()
+    # The options of the source's remote type (S3Options for s3://, say);
+    # None means that type's defaults.
+    remote_options: RemoteOptions | None = None
 
     def to_dict(self) -> dict:
         """Plain data, to hand the configuration to a detached daemon."""
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["cache_dir"] = str(self.cache_dir)
+        d["remote_options"] = None if self.remote_options is None else self.remote_options.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "MountConfig":
-        return cls(**{**d, "cache_dir": Path(d["cache_dir"]), "s3": S3Options(**d["s3"])})
+        """What `to_dict` gave; the source's remote type rebuilds its options."""
+        options = REGISTRY.options_from_dict(d["source"], d["remote_options"])
+        return cls(**{**d, "cache_dir": Path(d["cache_dir"]), "remote_options": options})
+
+    def open_remote(self) -> Remote:
+        """The source's remote, with its options and the request limits;
+        ValueError (one line) for a source or options it cannot serve."""
+        limits = RequestLimits(self.request_timeout, self.min_rate, self.max_listing_size)
+        return REGISTRY.open(self.source, self.remote_options, proxy=self.proxy, limits=limits)
 
 
 class StartupError(Exception):
@@ -114,8 +125,7 @@ async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
 async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
     """Mount and serve until unmounted. Raises StartupError before ready."""
     try:
-        limits = RequestLimits(config.request_timeout, config.min_rate, config.max_listing_size)
-        remote = WatchedRemote(open_remote(config.source, proxy=config.proxy, s3=config.s3, limits=limits))
+        remote = WatchedRemote(config.open_remote())
     except ValueError as e:
         raise StartupError(str(e)) from None
     try:
@@ -152,6 +162,8 @@ async def _serve_mounted(config: MountConfig, cache: Cache, remote: WatchedRemot
         warning = await _check_remote(fs, remote)
     if startup.cancelled_caught:
         raise StartupError(f"{remote.source} did not answer within {limit:g} s")
+    if warning is None:
+        _record_remote(config, cache.folder)
     try:
         # The remote's own source string: credentials given in the URL stay out.
         fd = mount(config.mountpoint, MountOptions(source=remote.source, allow_other=config.allow_other))
@@ -189,6 +201,19 @@ async def _serve_mounted(config: MountConfig, cache: Cache, remote: WatchedRemot
         os.close(fd)
         _detach_if_mounted(config.mountpoint)
     log.info("daemon for %s stopped", config.mountpoint)
+
+
+def _record_remote(config: MountConfig, folder: Path) -> None:
+    """Write down how the remote was opened, for `fsck --verify-remote`.
+
+    Only once it has answered: options that did not work must not replace
+    those of an earlier mount that did.
+    """
+    try:
+        write_record(folder, config.source, config.remote_options)
+    except OSError as e:
+        # The mount serves without it; fsck then opens the source with default options.
+        log.warning("cannot record the remote's options in %s: %s", folder, e.strerror or e)
 
 
 def _detach_if_mounted(mountpoint: str) -> None:

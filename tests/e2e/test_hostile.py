@@ -25,7 +25,7 @@ import httpx
 import pytest
 import trio
 from reliability import log_text
-from conftest import Mounter, is_mounted, pid_alive, wait_until
+from mounter import Mounter, is_mounted, pid_alive, wait_until
 from hostile_server import Behaviour, HostileServer, Script, json_index, static
 from test_cli_errors import assert_one_line_error
 

@@ -391,11 +391,3 @@ def test_unreachable() -> None:
             await remote.aclose()
 
     run(main)
-
-
-def test_open_remote() -> None:
-    assert open_remote("http://127.0.0.1:1/data").source == "http://127.0.0.1:1/data/"
-    assert open_remote("HTTPS://example.invalid").source == "https://example.invalid/"
-    for bad in ("ftp://host/x", "/local/dir", "http:///nohost"):
-        with pytest.raises(ValueError, match="unsupported source scheme|no host"):
-            open_remote(bad)

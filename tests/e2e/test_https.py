@@ -16,7 +16,7 @@ import pytest
 
 from cachefs.localstore import NginxStore
 from cachefs.localstore.tls import make_server_cert
-from conftest import Mounter, Tree
+from mounter import Mounter, Tree
 from tunnelproxy import TunnelProxy
 
 

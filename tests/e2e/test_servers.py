@@ -28,7 +28,7 @@ import httpx
 import pytest
 import trio
 
-from conftest import Mounter
+from mounter import Mounter
 from faultproxy import FaultConfig, FaultProxy
 from s3_fixtures import MotoS3
 from versionserver import ServerConfig, VersionServer

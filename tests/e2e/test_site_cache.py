@@ -20,7 +20,7 @@ from cachefs.localstore import NginxStore
 from cachefs.localstore.nginx import free_port
 from cachefs.localstore.sitecache import SiteCache
 from cachefs.localstore.tree import MiB, write_seeded_file
-from conftest import Mounter
+from mounter import Mounter
 
 MOUNTS = 4
 # Per folder: sizes of its files. Big files span several cachefs chunks

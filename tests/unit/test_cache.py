@@ -1,7 +1,8 @@
 """The cache through its front door, against the in-memory remote: what it
 fetches, keeps, evicts and forgets, and what it finds again after a restart.
 
-Small chunks (64 KiB) keep every object a few chunks long and the tests fast.
+Small chunks (64 KiB, the unit tier's CHUNK) keep every object a few chunks
+long and the tests fast; `open_cache` is the unit tier's fixture (conftest).
 """
 
 from __future__ import annotations
@@ -14,15 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cachefs.cache import (
-    Cache,
-    CacheBusy,
-    CacheConfig,
-    CachedObject,
-    CacheState,
-    Usage,
-    open_cache,
-)
+from cachefs.cache import Cache, CacheBusy, CachedObject, CacheState, Usage
 from cachefs.remote import RemoteError, VersionChanged
 from memory_remote import MemoryRemote
 
@@ -34,14 +27,11 @@ def data(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def config(tmp_path: Path, **kwargs: object) -> CacheConfig:
-    return CacheConfig(tmp_path / "cache", chunk_size=CH, min_free_bytes=0, **kwargs)  # type: ignore[arg-type]
-
-
-def run(tmp_path: Path, remote: MemoryRemote, body: Callable[[Cache], Awaitable[None]], **kwargs: object) -> None:
+def run(open_cache, remote: MemoryRemote, body: Callable[[Cache], Awaitable[None]],
+        **options: object) -> None:
     async def main() -> None:
         with trio.fail_after(20):
-            async with open_cache(config(tmp_path, **kwargs), remote) as cache:
+            async with open_cache(remote, chunk_size=CH, **options) as cache:
                 await body(cache)
 
     trio.run(main)
@@ -78,7 +68,7 @@ async def recorded(cache: Cache, remote: MemoryRemote, key: str) -> None:
                 and cache.state(key, version)[0] is CacheState.COMPLETE)
 
 
-def test_acquire_read_release(tmp_path: Path) -> None:
+def test_acquire_read_release(open_cache) -> None:
     body = data(3 * CH + 100)
     remote = MemoryRemote({"dir/file.bin": body})
 
@@ -106,10 +96,10 @@ def test_acquire_read_release(tmp_path: Path) -> None:
         assert remote.calls["read_range"] == 4
         assert cache.stats().bytes_fetched == len(body)
 
-    run(tmp_path, remote, scenario)
+    run(open_cache, remote, scenario)
 
 
-def test_acquire_complete_refuses_what_is_not_complete(tmp_path: Path) -> None:
+def test_acquire_complete_refuses_what_is_not_complete(open_cache) -> None:
     remote = MemoryRemote({"f": data(2 * CH)})
 
     async def scenario(cache: Cache) -> None:
@@ -122,10 +112,10 @@ def test_acquire_complete_refuses_what_is_not_complete(tmp_path: Path) -> None:
         assert cache.state("f", version) == (CacheState.PARTIAL, CH)
         assert cache.acquire_complete("f", version, 2 * CH, 0.0) is None  # part of it
 
-    run(tmp_path, remote, scenario)
+    run(open_cache, remote, scenario)
 
 
-def test_a_version_change_mid_file_discards_the_cached_part(tmp_path: Path) -> None:
+def test_a_version_change_mid_file_discards_the_cached_part(open_cache, cache_dir: Path) -> None:
     old, new = data(3 * CH, seed=1), data(3 * CH, seed=2)
     remote = MemoryRemote({"f": old})
     old_version = remote.objects["f"].version
@@ -159,12 +149,12 @@ def test_a_version_change_mid_file_discards_the_cached_part(tmp_path: Path) -> N
         await recorded(cache, remote, "f")
         assert cache.state("f", new_version) == (CacheState.COMPLETE, len(new))
 
-    run(tmp_path, remote, scenario)
-    data_files = [p for p in (tmp_path / "cache").rglob("data/*/*") if p.stat().st_size]
+    run(open_cache, remote, scenario)
+    data_files = [p for p in cache_dir.rglob("data/*/*") if p.stat().st_size]
     assert len(data_files) == 1  # the new version's only
 
 
-def test_eviction_keeps_the_cache_under_its_cap(tmp_path: Path) -> None:
+def test_eviction_keeps_the_cache_under_its_cap(open_cache) -> None:
     files = {f"f{i}": data(CH, seed=i) for i in range(6)}
     remote = MemoryRemote(files)
 
@@ -177,10 +167,10 @@ def test_eviction_keeps_the_cache_under_its_cap(tmp_path: Path) -> None:
         assert [state(cache, remote, k)[0] for k in files] == [CacheState.ABSENT] * 4 + [CacheState.COMPLETE] * 2
         assert cache.stats().cap_bytes == 2 * CH
 
-    run(tmp_path, remote, scenario, cap_bytes=2 * CH)
+    run(open_cache, remote, scenario, cap_bytes=2 * CH)
 
 
-def test_an_open_object_is_not_evicted(tmp_path: Path) -> None:
+def test_an_open_object_is_not_evicted(open_cache) -> None:
     files = {f"f{i}": data(CH, seed=i) for i in range(3)}
     remote = MemoryRemote(files)
 
@@ -194,10 +184,10 @@ def test_an_open_object_is_not_evicted(tmp_path: Path) -> None:
         assert result.skipped == ["f0"]
         cache.release(held)
 
-    run(tmp_path, remote, scenario, cap_bytes=CH)
+    run(open_cache, remote, scenario, cap_bytes=CH)
 
 
-def test_pin_keeps_a_file_from_eviction_until_unpinned(tmp_path: Path) -> None:
+def test_pin_keeps_a_file_from_eviction_until_unpinned(open_cache) -> None:
     files = {"keep/a": data(CH, 1), "keep/b": data(CH, 2), "other": data(CH, 3)}
     remote = MemoryRemote(files)
 
@@ -221,10 +211,10 @@ def test_pin_keeps_a_file_from_eviction_until_unpinned(tmp_path: Path) -> None:
         assert (result.files, result.skipped) == (2, [])
         assert cache.usage() == Usage(0, 0, 0, 0)
 
-    run(tmp_path, remote, scenario)
+    run(open_cache, remote, scenario)
 
 
-def test_usage_counts_recorded_bytes_complete_and_partial_objects(tmp_path: Path) -> None:
+def test_usage_counts_recorded_bytes_complete_and_partial_objects(open_cache) -> None:
     remote = MemoryRemote({"whole": data(CH + 5), "part": data(3 * CH), "empty": b""})
 
     async def scenario(cache: Cache) -> None:
@@ -241,10 +231,10 @@ def test_usage_counts_recorded_bytes_complete_and_partial_objects(tmp_path: Path
         assert cache.usage().as_dict() == {"bytes_cached": 2 * CH + 5, "objects_complete": 1,
                                            "objects_partial": 1, "pinned": 1}
 
-    run(tmp_path, remote, scenario)
+    run(open_cache, remote, scenario)
 
 
-def test_a_reopened_cache_finds_its_complete_files(tmp_path: Path) -> None:
+def test_a_reopened_cache_finds_its_complete_files(open_cache) -> None:
     body = data(2 * CH + 7)
     remote = MemoryRemote({"a/f": body, "a/g": data(3 * CH)})
 
@@ -255,7 +245,7 @@ def test_a_reopened_cache_finds_its_complete_files(tmp_path: Path) -> None:
         cache.release(obj)
         # No waiting: the block's end records what was fetched.
 
-    run(tmp_path, remote, fill)
+    run(open_cache, remote, fill)
     fetched = remote.calls["read_range"]
 
     async def reopened(cache: Cache) -> None:
@@ -267,11 +257,11 @@ def test_a_reopened_cache_finds_its_complete_files(tmp_path: Path) -> None:
         assert cache.state("a/g", remote.objects["a/g"].version) == (CacheState.PARTIAL, CH)
         assert cache.usage().objects_complete == 1
 
-    run(tmp_path, remote, reopened)
+    run(open_cache, remote, reopened)
     assert remote.calls["read_range"] == fetched  # nothing fetched again
 
 
-def test_a_failed_remote_read_does_not_poison_the_object(tmp_path: Path) -> None:
+def test_a_failed_remote_read_does_not_poison_the_object(open_cache) -> None:
     body = data(2 * CH)
     remote = MemoryRemote({"f": body})
 
@@ -286,10 +276,10 @@ def test_a_failed_remote_read_does_not_poison_the_object(tmp_path: Path) -> None
         cache.release(obj)
         await recorded(cache, remote, "f")
 
-    run(tmp_path, remote, scenario)
+    run(open_cache, remote, scenario)
 
 
-def test_an_error_in_the_block_comes_out_as_itself(tmp_path: Path) -> None:
+def test_an_error_in_the_block_comes_out_as_itself(open_cache) -> None:
     remote = MemoryRemote({"f": data(CH)})
 
     async def scenario(cache: Cache) -> None:
@@ -297,24 +287,26 @@ def test_an_error_in_the_block_comes_out_as_itself(tmp_path: Path) -> None:
         raise KeyError("mine")
 
     with pytest.raises(KeyError, match="mine"):
-        run(tmp_path, remote, scenario)
+        run(open_cache, remote, scenario)
     # What was fetched before the error was still recorded.
-    run(tmp_path, remote, lambda cache: _assert_complete(cache, remote, "f"))
+    run(open_cache, remote, lambda cache: _assert_complete(cache, remote, "f"))
 
 
 async def _assert_complete(cache: Cache, remote: MemoryRemote, key: str) -> None:
     assert state(cache, remote, key)[0] is CacheState.COMPLETE
 
 
-def test_a_folder_in_use_is_busy_and_a_failed_first_open_leaves_nothing(tmp_path: Path) -> None:
+def test_a_folder_in_use_is_busy_and_a_failed_first_open_leaves_nothing(
+    open_cache, cache_dir: Path
+) -> None:
     remote = MemoryRemote({"f": data(10)})
 
     async def scenario(cache: Cache) -> None:
         with pytest.raises(CacheBusy):
-            async with open_cache(config(tmp_path), remote):
+            async with open_cache(remote):
                 pass
-        assert cache.folder.parent == tmp_path / "cache"
+        assert cache.folder.parent == cache_dir
         cache.remove_when_closed()  # as a mount that fails to start does
 
-    run(tmp_path, remote, scenario)
-    assert os.listdir(tmp_path / "cache") == []
+    run(open_cache, remote, scenario)
+    assert os.listdir(cache_dir) == []

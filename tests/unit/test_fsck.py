@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from cachefs.cache import Cache, CacheConfig, CacheState, folder_lock, open_cache
+from cachefs.cache import Cache, CacheState, folder_lock
 from cachefs.maint.fsck import check_folder, recorded_source, source_of
 from cachefs.maint.records import FolderState, ProblemKind, data_path
 from memory_remote import MemoryRemote
@@ -26,9 +26,9 @@ async def read(cache: Cache, remote: MemoryRemote, key: str, size: int) -> bytes
         cache.release(obj)
 
 
-def fill(cache_dir: Path, remote: MemoryRemote) -> Path:
+def fill(open_cache, remote: MemoryRemote) -> Path:
     async def main() -> Path:
-        async with open_cache(CacheConfig(cache_dir, chunk_size=CH, min_free_bytes=0), remote) as cache:
+        async with open_cache(remote, chunk_size=CH) as cache:
             for key, body in FILES.items():
                 await read(cache, remote, key, CH if key == "part" else len(body))
             return cache.folder
@@ -36,9 +36,9 @@ def fill(cache_dir: Path, remote: MemoryRemote) -> Path:
     return trio.run(main)
 
 
-def test_fsck_finds_and_repairs_damage_then_the_cache_reads_through(tmp_path: Path) -> None:
+def test_fsck_finds_and_repairs_damage_then_the_cache_reads_through(open_cache) -> None:
     remote = MemoryRemote(FILES)
-    folder = fill(tmp_path / "cache", remote)
+    folder = fill(open_cache, remote)
     assert recorded_source(folder) == remote.source
     assert source_of(folder, ["elsewhere", remote.source]) == remote.source
     assert check_folder(folder).state is FolderState.CLEAN
@@ -61,7 +61,7 @@ def test_fsck_finds_and_repairs_damage_then_the_cache_reads_through(tmp_path: Pa
     assert check_folder(folder).state is FolderState.CLEAN
 
     async def reread() -> None:
-        async with open_cache(CacheConfig(tmp_path / "cache", chunk_size=CH, min_free_bytes=0), remote) as cache:
+        async with open_cache(remote, chunk_size=CH) as cache:
             version = remote.objects["short"].version
             assert cache.state("short", version) == (CacheState.ABSENT, 0)  # its chunks were dropped
             assert await read(cache, remote, "short", len(FILES["short"])) == FILES["short"]
@@ -70,8 +70,8 @@ def test_fsck_finds_and_repairs_damage_then_the_cache_reads_through(tmp_path: Pa
     trio.run(reread)
 
 
-def test_a_folder_in_use_is_busy_and_never_repaired(tmp_path: Path) -> None:
-    folder = fill(tmp_path / "cache", MemoryRemote(FILES))
+def test_a_folder_in_use_is_busy_and_never_repaired(open_cache) -> None:
+    folder = fill(open_cache, MemoryRemote(FILES))
     with folder_lock(folder):  # as a running daemon holds it
         assert check_folder(folder, repair=True).state is FolderState.BUSY
         forced = check_folder(folder, force=True)

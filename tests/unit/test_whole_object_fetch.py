@@ -8,12 +8,11 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 import trio
 
-from cachefs.cache import Cache, CacheConfig, open_cache
+from cachefs.cache import Cache
 from cachefs.remote.base import BadResponse, Pin, VersionChanged
 from memory_remote import MemoryRemote
 
@@ -72,8 +71,8 @@ class RangeIgnoringRemote(MemoryRemote):
             yield WholeBody(pieces, start, end, cut)
 
 
-async def with_cache(tmp_path: Path, remote: MemoryRemote, body) -> None:
-    async with open_cache(CacheConfig(tmp_path / "cache", chunk_size=CHUNK, min_free_bytes=0), remote) as cache:
+async def with_cache(open_cache, remote: MemoryRemote, body) -> None:
+    async with open_cache(remote, chunk_size=CHUNK) as cache:
         with trio.fail_after(TIMEOUT_S):  # a chunk left waiting fails, not hangs
             await body(cache)
 
@@ -87,7 +86,7 @@ async def open_object(cache: Cache, remote: MemoryRemote):
     return await cache.acquire(KEY, entry.version, entry.size, entry.mtime)
 
 
-def test_one_answer_fills_every_chunk(tmp_path: Path) -> None:
+def test_one_answer_fills_every_chunk(open_cache) -> None:
     data = data_of(3)
     remote = RangeIgnoringRemote({KEY: data})
 
@@ -102,10 +101,10 @@ def test_one_answer_fills_every_chunk(tmp_path: Path) -> None:
         assert remote.asked == [(3 * CHUNK, 4 * CHUNK)]
         cache.release(obj)
 
-    trio.run(with_cache, tmp_path, remote, body)
+    trio.run(with_cache, open_cache, remote, body)
 
 
-def test_a_broken_whole_answer_is_retried_and_leaves_nothing_waiting(tmp_path: Path) -> None:
+def test_a_broken_whole_answer_is_retried_and_leaves_nothing_waiting(open_cache) -> None:
     data = data_of(5)
     remote = RangeIgnoringRemote({KEY: data})
     remote.cuts = [int(2.5 * CHUNK)]
@@ -122,10 +121,10 @@ def test_a_broken_whole_answer_is_retried_and_leaves_nothing_waiting(tmp_path: P
         assert remote.asked == [(LAST, SIZE), (LAST, SIZE)]
         cache.release(obj)
 
-    trio.run(with_cache, tmp_path, remote, body)
+    trio.run(with_cache, open_cache, remote, body)
 
 
-def test_another_version_after_a_break_fails_every_waiting_chunk(tmp_path: Path) -> None:
+def test_another_version_after_a_break_fails_every_waiting_chunk(open_cache) -> None:
     old, new = data_of(7), data_of(11)
     remote = RangeIgnoringRemote({KEY: old})
     remote.cuts = [int(2.5 * CHUNK)]
@@ -148,11 +147,11 @@ def test_another_version_after_a_break_fails_every_waiting_chunk(tmp_path: Path)
         assert obj.stale
         cache.release(obj)
 
-    trio.run(with_cache, tmp_path, remote, body)
+    trio.run(with_cache, open_cache, remote, body)
 
 
 
-def test_chunks_of_an_answer_that_keeps_breaking_are_fetched_on_their_own(tmp_path: Path) -> None:
+def test_chunks_of_an_answer_that_keeps_breaking_are_fetched_on_their_own(open_cache) -> None:
     data = data_of(13)
     remote = RangeIgnoringRemote({KEY: data})
     remote.cuts = [int(2.5 * CHUNK)] * 3  # every try of the first fetch
@@ -171,4 +170,4 @@ def test_chunks_of_an_answer_that_keeps_breaking_are_fetched_on_their_own(tmp_pa
         assert bytes(await obj.pread(0, SIZE)) == data
         cache.release(obj)
 
-    trio.run(with_cache, tmp_path, remote, body)
+    trio.run(with_cache, open_cache, remote, body)

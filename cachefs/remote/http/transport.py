@@ -161,7 +161,7 @@ class _StaleConnection(Exception):
     """A reused connection turned out to be closed before any answer came."""
 
 
-class Connection:
+class Http11Connection:
     """One socket to an origin, with the bytes received but not yet used."""
 
     def __init__(self, stream: trio.abc.Stream, origin: Origin) -> None:
@@ -367,10 +367,10 @@ def request_head(request: httpx.Request, proxy: Proxy | None = None) -> bytes:
 class _Body(httpx.AsyncByteStream):
     """A response body; closing it returns its connection to the pool or closes it."""
 
-    def __init__(self, transport: Http11Transport, conn: Connection, head: ResponseHead,
+    def __init__(self, transport: Http11Transport, conn: Http11Connection, head: ResponseHead,
                  timeouts: Timeouts) -> None:
         self._transport = transport
-        self._conn: Connection | None = conn
+        self._conn: Http11Connection | None = conn
         self._head = head
         self._timeouts = timeouts
         self._finished = head.length == 0
@@ -401,7 +401,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._fallbacks: dict[str, httpx.AsyncBaseTransport] = {}
         self._proxies = proxies or ProxyChoice(None)
         self._slots = trio.Semaphore(max_connections)
-        self._idle: dict[Origin, list[Connection]] = {}
+        self._idle: dict[Origin, list[Http11Connection]] = {}
         self._tls: ssl.SSLContext | None = None  # made on the first https request
         self.connections_made = 0
 
@@ -440,7 +440,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             else:
                 with timeouts.deadline.paused():
                     await self._slots.acquire()
-        conn: Connection | None = None
+        conn: Http11Connection | None = None
         try:
             while True:
                 conn = self._idle_connection(origin) or await self._connect(origin, timeouts)
@@ -464,7 +464,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             self._slots.release()
             raise
 
-    def _idle_connection(self, origin: Origin) -> Connection | None:
+    def _idle_connection(self, origin: Origin) -> Http11Connection | None:
         idle = self._idle.get(origin)
         if not idle:
             return None
@@ -472,7 +472,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         conn.reused = True
         return conn
 
-    async def _connect(self, origin: Origin, timeouts: Timeouts) -> Connection:
+    async def _connect(self, origin: Origin, timeouts: Timeouts) -> Http11Connection:
         scheme, host, port, proxy_url = origin
         proxy = Proxy(httpx.URL(proxy_url)) if proxy_url else None
         stream: trio.abc.Stream | None = None
@@ -508,7 +508,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             detail = getattr(cause, "strerror", None) or cause
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {detail}") from None
         self.connections_made += 1
-        return Connection(stream, origin)
+        return Http11Connection(stream, origin)
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
@@ -516,7 +516,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             self._tls = httpx.create_ssl_context(trust_env=True)
         return self._tls
 
-    async def give_back(self, conn: Connection, reusable: bool) -> None:
+    async def give_back(self, conn: Http11Connection, reusable: bool) -> None:
         """A response is done with `conn`: keep it for the next request, or close it."""
         self._slots.release()
         if reusable:
@@ -546,7 +546,7 @@ async def _tunnel(stream: trio.abc.Stream, proxy: Proxy, host: str, port: int, t
     if proxy.authorization is not None:
         lines.append(f"Proxy-Authorization: {proxy.authorization.decode('ascii')}")
     await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
-    conn = Connection(stream, ("http", proxy.host, proxy.port, ""))
+    conn = Http11Connection(stream, ("http", proxy.host, proxy.port, ""))
     head = await conn.receive_head(timeouts, b"CONNECT")
     if not 200 <= head.status < 300:
         raise httpx.ProxyError(f"the proxy {proxy.host}:{proxy.port} refused a tunnel to {authority}: "
