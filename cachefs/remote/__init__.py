@@ -27,7 +27,6 @@ from .http.index import HttpIndexRemote
 from .registry import REGISTRY, Backend, NoOptions, Registry, RemoteOptions
 from .s3.address import S3Options
 from .s3.backend import BACKEND as S3_BACKEND
-from .s3.remote import S3Remote
 
 __all__ = [
     "REGISTRY",
@@ -45,7 +44,6 @@ __all__ = [
     "RemoteOptions",
     "RequestLimits",
     "S3Options",
-    "S3Remote",
     "Unreachable",
     "VersionChanged",
     "WrongCredentials",

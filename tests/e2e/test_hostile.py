@@ -31,13 +31,13 @@ from test_cli_errors import assert_one_line_error
 
 from cachefs.cli import app as cli_app
 from cachefs.cli import mount as cli_mount
+from cachefs.remote.s3.remote import S3Remote
 from cachefs.remote import (
     BadResponse,
     HttpIndexRemote,
     RemoteError,
     RequestLimits,
     S3Options,
-    S3Remote,
     Unreachable,
 )
 from cachefs.remote.http.transport import DEADLINE_EXTENSION, Deadline, Http11Transport

@@ -6,11 +6,14 @@ from ..base import Remote
 from ..http.client import RequestLimits
 from ..registry import Backend
 from .address import S3Options, parse_s3_source
-from .remote import S3Remote
 
 
 def open_s3(source: str, options: S3Options, *, proxy: str | None = None,
             limits: RequestLimits | None = None) -> Remote:
+    # Here, not at the top: botocore (signing) takes a third of a second to
+    # import, which a daemon serving an HTTP index should not pay.
+    from .remote import S3Remote
+
     return S3Remote(parse_s3_source(source), options, proxy=proxy, limits=limits)
 
 
