@@ -7,6 +7,7 @@ long and the tests fast; `open_cache` is the unit tier's fixture (conftest).
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import cachefs
 from cachefs.cache import Cache, CacheBusy, CachedObject, CacheState, Usage
 from cachefs.remote import RemoteError, VersionChanged
 from memory_remote import MemoryRemote
@@ -310,3 +312,18 @@ def test_a_folder_in_use_is_busy_and_a_failed_first_open_leaves_nothing(
 
     run(open_cache, remote, scenario)
     assert os.listdir(cache_dir) == []
+
+
+def test_the_rest_of_the_package_uses_only_the_front_door() -> None:
+    """Outside cachefs/cache, only `cachefs.cache` itself is imported, never
+    one of its parts (the tests may look behind it)."""
+    package = Path(cachefs.__file__).parent
+    behind: list[str] = []
+    for path in sorted(package.rglob("*.py")):
+        if path.is_relative_to(package / "cache"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            behind += [f"{path.relative_to(package)}: {n}" for n in names if n.startswith("cachefs.cache.")]
+    assert behind == []
