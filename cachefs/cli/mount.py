@@ -26,7 +26,7 @@ from cachefs.daemon import MountConfig, run_daemon, setup_logging
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
 from cachefs.remote import REGISTRY
-from cachefs.remote.http.client import (
+from cachefs.remote.limits import (
     DEFAULT_MAX_LISTING_BYTES,
     DEFAULT_MIN_RATE,
     DEFAULT_REQUEST_TIMEOUT_S,

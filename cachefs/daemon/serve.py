@@ -32,7 +32,7 @@ from cachefs.remote import REGISTRY, NotFound, Remote, RemoteError, RemoteOption
 from cachefs.remote.health import WatchedRemote
 from cachefs.remote.record import write_record
 from cachefs.runtime import Holder, RuntimeDirError, prepare_runtime_dir, state_file, write_state
-from cachefs.remote.http.client import (
+from cachefs.remote.limits import (
     DEFAULT_MAX_LISTING_BYTES,
     DEFAULT_MIN_RATE,
     DEFAULT_REQUEST_TIMEOUT_S,
