@@ -17,9 +17,10 @@ from cachefs import lazy
 if TYPE_CHECKING:
     from .log import setup_logging
     from .run import run_daemon
-    from .serve import MountConfig, StartupError
+    from .config import MountConfig
+    from .serve import StartupError
 
 __all__ = ["MountConfig", "StartupError", "run_daemon", "setup_logging"]
 
-_HOMES = {"MountConfig": "serve", "StartupError": "serve", "run_daemon": "run", "setup_logging": "log"}
+_HOMES = {"MountConfig": "config", "StartupError": "serve", "run_daemon": "run", "setup_logging": "log"}
 __getattr__ = lazy.exports(__name__, _HOMES)
