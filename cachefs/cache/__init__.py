@@ -16,26 +16,23 @@ package are its parts, private to it:
     db        the SQLite state: all the SQL
 """
 
-from .db import CorruptDatabase, OfflineDB, Usage
-from .evictor import EvictResult
-from .fetcher import CHUNK_SIZE
-from .folder import CacheBusy
-from .front import DEFAULT_MIN_FREE, Cache, CacheConfig, CacheStats, ListingStore, open_cache
-from .layout import (
-    DATA_NAME,
-    DB_NAME,
-    CacheDirError,
-    FolderBusy,
-    data_file,
-    default_cache_dir,
-    folder_lock,
-    prepare_dir,
-    remove_folder,
-    source_digest,
-    source_folders,
-)
-from .objects import CachedObject, CacheState, ChunkFetch
-from .slots import Priority
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cachefs import lazy
+
+if TYPE_CHECKING:
+    from .db import CorruptDatabase, OfflineDB, Usage
+    from .evictor import EvictResult
+    from .folder import CacheBusy
+    from .front import Cache, CacheConfig, CacheStats, ListingStore, open_cache
+    from .layout import (
+        CHUNK_SIZE, CacheDirError, DATA_NAME, DB_NAME, DEFAULT_MIN_FREE, FolderBusy, data_file,
+        default_cache_dir, folder_lock, prepare_dir, remove_folder, source_digest, source_folders,
+    )
+    from .objects import CacheState, CachedObject, ChunkFetch
+    from .slots import Priority
 
 __all__ = [
     # The cache of a running mount.
@@ -47,3 +44,20 @@ __all__ = [
     "source_folders", "source_digest", "folder_lock", "FolderBusy", "remove_folder", "data_file",
     "OfflineDB", "DATA_NAME", "DB_NAME",
 ]
+
+# Parts load on first use: the command line needs the folder helpers and the
+# constants, not SQLite or trio.
+_HOMES = {
+    "CorruptDatabase": "db", "OfflineDB": "db", "Usage": "db",
+    "EvictResult": "evictor",
+    "CacheBusy": "folder",
+    "Cache": "front", "CacheConfig": "front", "CacheStats": "front", "ListingStore": "front",
+    "open_cache": "front",
+    "CHUNK_SIZE": "layout", "CacheDirError": "layout", "DATA_NAME": "layout", "DB_NAME": "layout",
+    "DEFAULT_MIN_FREE": "layout", "FolderBusy": "layout", "data_file": "layout",
+    "default_cache_dir": "layout", "folder_lock": "layout", "prepare_dir": "layout",
+    "remove_folder": "layout", "source_digest": "layout", "source_folders": "layout",
+    "CacheState": "objects", "CachedObject": "objects", "ChunkFetch": "objects",
+    "Priority": "slots",
+}
+__getattr__ = lazy.exports(__name__, _HOMES)

@@ -26,7 +26,6 @@ from .table import ObjectTable
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 8 * 1024 * 1024
 # Ranged GETs in flight at once, all objects together; read-ahead and
 # background work together may hold 4 of them, background work alone 3, so
 # fetches a reader waits for always find a slot soon.

@@ -38,18 +38,17 @@ from cachefs.remote import Pin, Remote
 from .db import ObjectRow, Usage
 from .evictor import EvictResult, Evictor
 from .fanout import data_path, make_data_dir
-from .fetcher import CHUNK_SIZE, ChunkFetcher
+from .fetcher import ChunkFetcher
 from .discard import Discards
 from .folder import FolderWatch, HeldFolder
 from .journal import Journal
-from .layout import DATA_NAME, open_data_file, prepare_dir
+from .layout import CHUNK_SIZE, DATA_NAME, DEFAULT_MIN_FREE, open_data_file, prepare_dir
 from .objects import CachedObject, CacheState, ChunkFetch
 from .slots import Priority
 from .table import ObjectTable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_FREE = 1 << 30  # keep 1 GiB free on the cache's disk
 FORGET_RETRY_S = 5.0
 
 

@@ -27,6 +27,12 @@ from pathlib import Path
 
 from . import fanout
 
+# The unit of fetching and of recording: a chunk of an object is cached
+# whole or not at all.
+CHUNK_SIZE = 8 * 1024 * 1024
+# Free space kept on the cache's disk unless --min-free says otherwise.
+DEFAULT_MIN_FREE = 1 << 30
+
 LOCK_NAME = "lock"
 DB_NAME = "state.db"
 DATA_NAME = "data"

@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cachefs.benchmark.system import BenchError, StatusLine, sigterm_as_interrupt
-
 from .argtypes import whole_number
 
 if TYPE_CHECKING:  # the benchmark's modules load only when the command runs
@@ -70,8 +68,10 @@ def _title(options: BenchOptions, results: Results) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # Here, not at the top: every other command would load the benchmark too.
     from cachefs.benchmark import chart, report
     from cachefs.benchmark.runner import BenchOptions, run_default, run_on_path
+    from cachefs.benchmark.system import BenchError, StatusLine, sigterm_as_interrupt
 
     options = BenchOptions(
         path=args.path, big_mib=args.big_size, small_count=args.small_count,

@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cachefs.cache import CHUNK_SIZE, DEFAULT_MIN_FREE, CacheDirError, default_cache_dir, prepare_dir
-from cachefs.daemon import MountConfig, run_daemon, setup_logging
+from cachefs.daemon.config import MountConfig
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
 from cachefs.remote import REGISTRY
-from cachefs.remote.http.client import (
+from cachefs.remote.limits import (
     DEFAULT_MAX_LISTING_BYTES,
     DEFAULT_MIN_RATE,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -208,6 +208,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         for name in set(os.environ) - set(daemon_environ(config.source, os.environ)):
             del os.environ[name]
         os.umask(0o077)
+        from cachefs.daemon import run_daemon, setup_logging  # the whole daemon: only here
+
         setup_logging(args.log_level, sys.stderr)
         return run_daemon(config, None, lambda error: print(f"cachefs: {one_line(error)}", file=sys.stderr))
     return _daemonize(config, args.log_level)

@@ -10,21 +10,17 @@ entry point (`__main__`) must run before anything heavy is imported.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cachefs import lazy
 
 if TYPE_CHECKING:
     from .log import setup_logging
     from .run import run_daemon
-    from .serve import MountConfig, StartupError
+    from .config import MountConfig
+    from .serve import StartupError
 
 __all__ = ["MountConfig", "StartupError", "run_daemon", "setup_logging"]
 
-_HOMES = {"MountConfig": "serve", "StartupError": "serve", "run_daemon": "run", "setup_logging": "log"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    return getattr(import_module(f".{_HOMES[name]}", __name__), name)
+_HOMES = {"MountConfig": "config", "StartupError": "serve", "run_daemon": "run", "setup_logging": "log"}
+__getattr__ = lazy.exports(__name__, _HOMES)

@@ -21,7 +21,7 @@ sys.modules.setdefault("numpy", None)  # type: ignore[assignment]
 
 from .log import setup_logging  # noqa: E402 (after the line above, on purpose)
 from .run import run_daemon  # noqa: E402
-from .serve import MountConfig  # noqa: E402
+from .config import MountConfig  # noqa: E402
 
 
 def main() -> int:

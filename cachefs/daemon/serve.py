@@ -8,20 +8,17 @@ or a one-line reason why the mount could not be made.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from cachefs.cache import (
-    DEFAULT_MIN_FREE,
     Cache,
     CacheBusy,
     CacheConfig,
@@ -35,15 +32,12 @@ from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import Prefetcher
 from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
 from cachefs.kernel.mounting import FSTYPE, set_read_ahead
-from cachefs.remote import REGISTRY, NotFound, Remote, RemoteError, RemoteOptions, RequestLimits
+from cachefs.remote import NotFound, RemoteError
 from cachefs.remote.health import WatchedRemote
 from cachefs.remote.record import write_record
 from cachefs.runtime import Holder, RuntimeDirError, prepare_runtime_dir, state_file, write_state
-from cachefs.remote.http.client import (
-    DEFAULT_MAX_LISTING_BYTES,
-    DEFAULT_MIN_RATE,
-    DEFAULT_REQUEST_TIMEOUT_S,
-)
+
+from .config import MountConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,48 +47,6 @@ READ_AHEAD_KIB = 8 * 1024
 
 # ready(error, warning): error None means mounted; a warning still mounts.
 Ready = Callable[[str | None, str | None], None]
-
-
-@dataclass(frozen=True)
-class MountConfig:
-    source: str
-    mountpoint: str
-    cache_dir: Path
-    metadata_ttl: float = 60.0
-    cap_bytes: int | None = None
-    min_free_bytes: int = DEFAULT_MIN_FREE
-    proxy: str | None = None
-    allow_other: bool = False
-    passthrough: bool = True
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
-    min_rate: int = DEFAULT_MIN_RATE
-    max_listing_size: int = DEFAULT_MAX_LISTING_BYTES
-    # The daemon gives up on a source that has not answered after this long
-    # (None: never). `cachefs mount` sets it a little below its own wait, so
-    # that it can report why, and no daemon stays whose mount it reported failed.
-    startup_timeout: float | None = None
-    # The options of the source's remote type (S3Options for s3://, say);
-    # None means that type's defaults.
-    remote_options: RemoteOptions | None = None
-
-    def to_dict(self) -> dict:
-        """Plain data, to hand the configuration to a detached daemon."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["cache_dir"] = str(self.cache_dir)
-        d["remote_options"] = None if self.remote_options is None else self.remote_options.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MountConfig":
-        """What `to_dict` gave; the source's remote type rebuilds its options."""
-        options = REGISTRY.options_from_dict(d["source"], d["remote_options"])
-        return cls(**{**d, "cache_dir": Path(d["cache_dir"]), "remote_options": options})
-
-    def open_remote(self) -> Remote:
-        """The source's remote, with its options and the request limits;
-        ValueError (one line) for a source or options it cannot serve."""
-        limits = RequestLimits(self.request_timeout, self.min_rate, self.max_listing_size)
-        return REGISTRY.open(self.source, self.remote_options, proxy=self.proxy, limits=limits)
 
 
 class StartupError(Exception):

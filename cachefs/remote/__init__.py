@@ -9,6 +9,10 @@ a `Remote`; `record` writes down how a cache folder's remote was opened.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from cachefs import lazy
+
 from .base import (
     AccessDenied,
     BadResponse,
@@ -22,11 +26,13 @@ from .base import (
     WrongCredentials,
 )
 from .http.backend import BACKEND as HTTP_BACKEND
-from .http.client import RequestLimits
-from .http.index import HttpIndexRemote
+from .limits import RequestLimits
 from .registry import REGISTRY, Backend, NoOptions, Registry, RemoteOptions
 from .s3.address import S3Options
 from .s3.backend import BACKEND as S3_BACKEND
+
+if TYPE_CHECKING:
+    from .http.index import HttpIndexRemote
 
 __all__ = [
     "REGISTRY",
@@ -64,3 +70,7 @@ def open_remote(source: str, options: RemoteOptions | None = None, *,
     and options we cannot serve.
     """
     return REGISTRY.open(source, options, proxy=proxy, limits=limits)
+
+
+# The remotes themselves need httpx and trio: loaded when first asked for.
+__getattr__ = lazy.exports(__name__, {"HttpIndexRemote": "http.index"})

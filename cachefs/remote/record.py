@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import Remote
-from .http.client import RequestLimits
+from .limits import RequestLimits
 from .registry import REGISTRY, Registry, RemoteOptions
 
 RECORD_NAME = "remote.json"

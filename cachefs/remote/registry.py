@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from .base import Remote
-from .http.client import RequestLimits
+from .limits import RequestLimits
 
 # Where a field's command-line description sits in its dataclass metadata.
 _CLI = "cachefs.cli"

@@ -13,8 +13,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 from ..base import Remote
 from ..registry import Backend, NoOptions
-from .client import RequestLimits
-from .index import HttpIndexRemote
+from ..limits import RequestLimits
 
 SCHEMES = ("http", "https")
 
@@ -63,6 +62,10 @@ def public_http_source(source: str) -> str:
 def open_http(source: str, options: NoOptions, *, proxy: str | None = None,
               limits: RequestLimits | None = None) -> Remote:
     checked = parse_http_source(source)
+    # Here, not at the top: the registry (and with it the command line's
+    # parser) needs this module, and the remote needs httpx and trio.
+    from .index import HttpIndexRemote
+
     return HttpIndexRemote(checked.url, proxy=proxy, auth=checked.auth, limits=limits)
 
 

@@ -25,6 +25,7 @@ import trio
 
 from ..base import BadResponse, Pin, Unreachable, VersionChanged
 from .proxies import Proxy, ProxyChoice
+from ..limits import RequestLimits
 from .transport import DEADLINE_ENFORCED, DEADLINE_EXTENSION, Deadline, Http11Transport
 
 MAX_CONNECTIONS = 16
@@ -33,13 +34,6 @@ READ_TIMEOUT_S = 30.0
 # 5xx answers that usually mean "try again shortly" (overload, restarts).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-# A request must have its answer's headers within the request timeout, and
-# then receive its body at the minimum rate on average (see Deadline).
-DEFAULT_REQUEST_TIMEOUT_S = 120.0
-DEFAULT_MIN_RATE = 4096  # bytes per second
-# The most a listing (an index page, or all pages of an S3 listing) may hold:
-# it is kept in memory whole, and a server may send one without end.
-DEFAULT_MAX_LISTING_BYTES = 64 * 1024 * 1024
 # Error documents (S3's XML) are a few hundred bytes.
 MAX_ERROR_BODY = 64 * 1024
 
@@ -63,32 +57,6 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return 0.0 if attempt == 0 else min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s)
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """What one request may cost before it fails, whatever the server does.
-
-    The per-read timeout alone never ends a request whose server trickles a
-    byte now and then, or a listing that never ends.
-    """
-
-    timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    min_rate: int = DEFAULT_MIN_RATE
-    max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES
-
-    def deadline(self) -> Deadline:
-        """The deadline of a request starting now."""
-        return Deadline(trio.current_time() + self.timeout_s, 1.0 / self.min_rate)
-
-    def too_large(self, what: str) -> BadResponse:
-        return BadResponse(f"{what}: listing larger than {self.max_listing_bytes} bytes (--max-listing-size)")
-
-    def too_slow(self, what: str) -> Unreachable:
-        return Unreachable(
-            f"{what}: server too slow (no answer within {self.timeout_s:g} s, "
-            f"or body slower than {self.min_rate} bytes/s)"
-        )
 
 
 class RemoteClient(httpx.AsyncClient):

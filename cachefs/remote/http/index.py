@@ -33,7 +33,6 @@ from ..base import (
 )
 from .client import (
     ClientOwner,
-    RequestLimits,
     RetryPolicy,
     ServedRange,
     adopt_pin,
@@ -46,6 +45,7 @@ from .client import (
     send_with_retries,
     served_validator,
 )
+from ..limits import RequestLimits
 from ..names import valid_name
 from .client import parse_http_date
 from .listing import ListedEntry, Listing, NotAListing, parse_listing

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..base import Remote
-from ..http.client import RequestLimits
+from ..limits import RequestLimits
 from ..registry import Backend
 from .address import S3Options, parse_s3_source
 

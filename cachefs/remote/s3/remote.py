@@ -20,7 +20,6 @@ import httpx
 from ..base import BadResponse, NotFound, Pin, RemoteEntry, RemoteError, VersionChanged
 from ..http.client import (
     ClientOwner,
-    RequestLimits,
     RetryPolicy,
     ServedRange,
     adopt_pin,
@@ -35,6 +34,7 @@ from ..http.client import (
     served_validator,
 )
 from ..http.client import parse_http_date
+from ..limits import RequestLimits
 from ..names import valid_name
 from .address import (
     BucketUrls,
