@@ -60,6 +60,7 @@ FIGURES = {
     "big_hot": ("big file hot", "MB/s"),
     "small_cold": ("small files cold", "files/s"),
     "ls_cold": ("ls -lR cold", "s"),
+    "mount": ("mount until it lists", "s"),
 }
 
 
@@ -175,13 +176,21 @@ class ClientBench(MountBench):
         per.setdefault(key, Series(title, unit)).add(value)
 
     @contextlib.contextmanager
-    def shown_by(self, client: Client, cache: Path) -> Iterator[Path]:
-        """The data as `client` shows it (for local disk: the source dir itself)."""
+    def shown_by(self, client: Client, cache: Path, *, time_mount: bool = False) -> Iterator[Path]:
+        """The data as `client` shows it (for local disk: the source dir itself).
+
+        `time_mount`: record the time from starting the client until its
+        mount lists the root (the "mount" figure)."""
         if client is LOCAL:
             yield self.store.root
             return
+        started = time.monotonic()
         if client is CACHEFS:
             self.mount(cache)
+            if not _lists(self.mountpoint):
+                raise BenchError("cachefs mounted, but its root does not list")
+            if time_mount:
+                self.add(client, "mount", time.monotonic() - started)
             try:
                 yield self.mountpoint
             finally:
@@ -190,6 +199,8 @@ class ClientBench(MountBench):
         work = self.rig.workspace.path
         argv = client.argv(self.store, self.mountpoint, cache, work)
         child = ChildMount(argv, self.mountpoint, work / f"{client.name}.log")
+        if time_mount:
+            self.add(client, "mount", time.monotonic() - started)
         self.children.append(child)
         try:
             yield self.mountpoint
@@ -241,7 +252,7 @@ class ClientBench(MountBench):
         cache = self.rig.workspace.fresh_dir(f"cache-{client.name}-{i}")
         if local:
             drop_page_cache()
-        with self.shown_by(client, cache) as root:
+        with self.shown_by(client, cache, time_mount=True) as root:
             seconds, out = timed(subprocess.run, ["ls", "-lR", str(root / SMALL_DIR)],
                                  capture_output=True, text=True, check=True)
             listed = sum(1 for line in out.stdout.splitlines() if line.startswith("-"))
