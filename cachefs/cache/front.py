@@ -348,15 +348,15 @@ class Cache:
         await self.ensure(obj, offset, size, ahead)
         return await obj.pread(offset, size)
 
-    def prefetch(self, key: str, version: str, size: int, mtime: float) -> None:
+    def fetch_in_background(self, key: str, version: str, size: int, mtime: float) -> None:
         """Start fetching a whole object in the background, unless cached."""
         if size == 0:
             return  # nothing to fetch, and an empty object keeps no data file
         row = self._db.find_object(key, version)
         if row is None or not row.complete:
-            self._nursery.start_soon(self._prefetch, key, version, size, mtime)
+            self._nursery.start_soon(self._fetch_whole, key, version, size, mtime)
 
-    async def _prefetch(self, key: str, version: str, size: int, mtime: float) -> None:
+    async def _fetch_whole(self, key: str, version: str, size: int, mtime: float) -> None:
         try:
             obj = await self.acquire(key, version, size, mtime)
         except OSError as e:
@@ -364,7 +364,7 @@ class Cache:
             return
         except Exception:
             # Background work nobody waits for: it must not end the daemon.
-            log.exception("prefetching %s failed", key)
+            log.exception("fetching %s in the background failed", key)
             return
         try:
             # The fetches hold their own uses of the object.

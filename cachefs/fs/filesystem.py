@@ -339,7 +339,7 @@ class Filesystem:
         if listing is None:
             return
         for entry in self.dirahead.on_open(directory, listing, name):
-            self.cache.prefetch(child_path(directory, entry.name), entry.version, entry.size, entry.mtime)
+            self.cache.fetch_in_background(child_path(directory, entry.name), entry.version, entry.size, entry.mtime)
 
     def _register_backing(self, inode: Inode, obj: CachedObject) -> bool:
         """Give the inode its backing id at its first passthrough open."""

@@ -82,7 +82,7 @@ def test_a_bug_in_one_fetch_fails_only_that_read(open_cache) -> None:
 
 def test_a_bug_in_a_prefetch_is_logged_and_survived(open_cache, caplog: pytest.LogCaptureFixture) -> None:
     async def job(cache: Cache) -> None:
-        cache.prefetch("bad", "v1", len(GOOD), 0.0)  # nobody waits for this one
+        cache.fetch_in_background("bad", "v1", len(GOOD), 0.0)  # nobody waits for this one
         await logged(caplog, "a bug in the remote layer")
         assert await read_whole(cache, "good") == GOOD
 
@@ -102,7 +102,7 @@ def test_a_bug_before_a_prefetch_starts_is_logged_and_survived(
             return await real_acquire(key, *args)
 
         monkeypatch.setattr(cache, "acquire", broken_acquire)
-        cache.prefetch("bad", "v1", len(GOOD), 0.0)
+        cache.fetch_in_background("bad", "v1", len(GOOD), 0.0)
         await logged(caplog, "a bug while opening the data file")
         assert await read_whole(cache, "good") == GOOD
 
