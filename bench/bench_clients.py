@@ -37,35 +37,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cachefs.benchmark.data import BIG_NAME, SMALL_DIR, FileSet, generate
+from cachefs.benchmark.model import Record, Series
+from cachefs.benchmark.report import fmt_number, format_table
+from cachefs.benchmark.rig import MountBench, Rig
+from cachefs.benchmark.system import (BenchError, KiB, MiB, drop_page_cache, is_mounted,
+                                      lazy_unmount, make_hot, sequential_mbps,
+                                      sigterm_as_interrupt, timed)
+from cachefs.localstore.nginx import NginxError, NginxStore
 
-from _common import (  # noqa: E402  (bench/ is not a package)
-    MB,
-    MiB,
-    BenchError,
-    Mounts,
-    Series,
-    Workspace,
-    drop_page_cache,
-    fmt_number,
-    format_table,
-    ignore_interrupts,
-    is_mounted,
-    lazy_unmount,
-    make_hot,
-    read_whole,
-    sigterm_as_interrupt,
-    sync,
-    timed,
-)
-from bench_core import SMALL_DIR, Dataset, generate  # noqa: E402
-
-from cachefs.localstore.nginx import NginxError, NginxStore  # noqa: E402
-
+SMALL_SIZE = 16 * KiB
 MOUNT_WAIT_S = 60.0
 EXIT_WAIT_S = 30.0
 # Columns of the table, in order: key -> (title, unit).
@@ -75,6 +60,7 @@ FIGURES = {
     "big_hot": ("big file hot", "MB/s"),
     "small_cold": ("small files cold", "files/s"),
     "ls_cold": ("ls -lR cold", "s"),
+    "mount": ("mount until it lists", "s"),
 }
 
 
@@ -175,19 +161,14 @@ def _lists(path: Path) -> bool:
 # -- the benchmark ------------------------------------------------------------------------
 
 
-@dataclass
-class ClientBench:
-    ws: Workspace
-    store: NginxStore
-    data: Dataset
-    mounts: Mounts
-    # client name -> figure key -> Series
-    series: dict[str, dict[str, Series]] = field(default_factory=dict)
-    children: list[ChildMount] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.mountpoint = self.ws.fresh_dir("mnt")
-        self.buf = bytearray(MiB)
+class ClientBench(MountBench):
+    def __init__(self, rig: Rig, store: NginxStore, files: FileSet) -> None:
+        super().__init__(rig, store.url, Record())
+        self.store = store
+        self.files = files
+        # client name -> figure key -> Series
+        self.series: dict[str, dict[str, Series]] = {}
+        self.children: list[ChildMount] = []
 
     def add(self, client: Client, key: str, value: float) -> None:
         title, unit = FIGURES[key]
@@ -195,20 +176,31 @@ class ClientBench:
         per.setdefault(key, Series(title, unit)).add(value)
 
     @contextlib.contextmanager
-    def mounted(self, client: Client, cache: Path) -> Iterator[Path]:
-        """The data as `client` shows it (for local disk: the source dir itself)."""
+    def shown_by(self, client: Client, cache: Path, *, time_mount: bool = False) -> Iterator[Path]:
+        """The data as `client` shows it (for local disk: the source dir itself).
+
+        `time_mount`: record the time from starting the client until its
+        mount lists the root (the "mount" figure)."""
         if client is LOCAL:
-            yield self.data.root
+            yield self.store.root
             return
+        started = time.monotonic()
         if client is CACHEFS:
-            self.mounts.mount(self.store.url, self.mountpoint, cache)
+            self.mount(cache)
+            if not _lists(self.mountpoint):
+                raise BenchError("cachefs mounted, but its root does not list")
+            if time_mount:
+                self.add(client, "mount", time.monotonic() - started)
             try:
                 yield self.mountpoint
             finally:
-                self.mounts.unmount(self.mountpoint)
+                self.unmount()
             return
-        argv = client.argv(self.store, self.mountpoint, cache, self.ws.path)
-        child = ChildMount(argv, self.mountpoint, self.ws.path / f"{client.name}.log")
+        work = self.rig.workspace.path
+        argv = client.argv(self.store, self.mountpoint, cache, work)
+        child = ChildMount(argv, self.mountpoint, work / f"{client.name}.log")
+        if time_mount:
+            self.add(client, "mount", time.monotonic() - started)
         self.children.append(child)
         try:
             yield self.mountpoint
@@ -217,7 +209,7 @@ class ClientBench:
             self.children.remove(child)
 
     def log_tail(self, client: Client, lines: int = 3) -> str:
-        log = self.ws.path / f"{client.name}.log"
+        log = self.rig.workspace.path / f"{client.name}.log"
         try:
             return " | ".join(log.read_text("utf-8", "replace").strip().splitlines()[-lines:])
         except OSError:
@@ -228,50 +220,47 @@ class ClientBench:
             child.stop()
 
     def read_big(self, root: Path) -> float:
-        seconds, n = timed(read_whole, root / "big.bin", self.buf)
-        if n != self.data.big_size:
-            raise BenchError(f"read {n} bytes of big.bin, not {self.data.big_size}")
-        return n / MB / seconds
+        return sequential_mbps(root / BIG_NAME, self.files.big_size, self.buf)
 
     def source_hot(self) -> None:
-        make_hot([self.data.big, *self.data.small_paths(self.data.root)])
-        sync()
+        make_hot([self.store.root / BIG_NAME, *self.files.small_paths(self.store.root)])
+        os.sync()
 
     def run_once(self, client: Client, i: int) -> None:
-        cache = self.ws.fresh_dir(f"cache-{client.name}-{i}")
+        cache = self.rig.workspace.fresh_dir(f"cache-{client.name}-{i}")
         local = client is LOCAL
         if local:
             drop_page_cache()
         else:
             self.source_hot()
-        with self.mounted(client, cache) as root:
+        with self.shown_by(client, cache) as root:
             self.add(client, "big_cold", self.read_big(root))
-        with self.mounted(client, cache) as root:
+        with self.shown_by(client, cache) as root:
             drop_page_cache()
             self.add(client, "big_warm", self.read_big(root))
             self.add(client, "big_hot", self.read_big(root))
-        self.ws.remove_dir(cache)
+        self.rig.workspace.remove_dir(cache)
 
-        cache = self.ws.fresh_dir(f"cache-{client.name}-{i}")
+        cache = self.rig.workspace.fresh_dir(f"cache-{client.name}-{i}")
         drop_page_cache() if local else self.source_hot()
-        with self.mounted(client, cache) as root:
-            paths = self.data.small_paths(root)
+        with self.shown_by(client, cache) as root:
+            paths = self.files.small_paths(root)
             seconds, _ = timed(make_hot, paths)
             self.add(client, "small_cold", len(paths) / seconds)
-        self.ws.remove_dir(cache)
+        self.rig.workspace.remove_dir(cache)
 
-        cache = self.ws.fresh_dir(f"cache-{client.name}-{i}")
+        cache = self.rig.workspace.fresh_dir(f"cache-{client.name}-{i}")
         if local:
             drop_page_cache()
-        with self.mounted(client, cache) as root:
+        with self.shown_by(client, cache, time_mount=True) as root:
             seconds, out = timed(subprocess.run, ["ls", "-lR", str(root / SMALL_DIR)],
                                  capture_output=True, text=True, check=True)
             listed = sum(1 for line in out.stdout.splitlines() if line.startswith("-"))
-            if listed != len(self.data.small):
+            if listed != len(self.files.small):
                 raise BenchError(f"{client.name}: ls -lR listed {listed} files, "
-                                 f"not {len(self.data.small)}")
+                                 f"not {len(self.files.small)}")
             self.add(client, "ls_cold", seconds)
-        self.ws.remove_dir(cache)
+        self.rig.workspace.remove_dir(cache)
 
 
 # -- report -------------------------------------------------------------------------------
@@ -331,20 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     sigterm_as_interrupt()
     try:
         clients, notes = choose_clients(args.add)
-        with contextlib.ExitStack() as stack:
-            ws = Workspace("cachefs-clients-")
-            stack.callback(ws.remove)
-            mounts = Mounts()
-            stack.callback(mounts.unmount_all)
-            print(f"generating {args.big_size} MiB + {args.small_count} x 16 KiB in {ws.path} ...",
-                  file=sys.stderr, flush=True)
-            data = generate(ws.fresh_dir("store"), args.big_size * MiB, args.small_count)
-            store = NginxStore(data.root, ws.fresh_dir("nginx"))
-            stack.callback(store.stop)
-            store.start()
-            bench = ClientBench(ws, store, data, mounts)
-            stack.callback(bench.stop_children)
-            stack.callback(ignore_interrupts)  # last in, first out: cleanup is not cut short
+        with Rig("cachefs-clients-") as rig:
+            print(f"generating {args.big_size} MiB + {args.small_count} x 16 KiB in "
+                  f"{rig.workspace.path} ...", file=sys.stderr, flush=True)
+            source = rig.workspace.fresh_dir("store")
+            files = generate(source, args.big_size * MiB, args.small_count, SMALL_SIZE)
+            store = rig.serve(NginxStore(source, rig.workspace.fresh_dir("nginx")))
+            bench = ClientBench(rig, store, files)
+            rig.callback(bench.stop_children)
             load = [os.getloadavg()[0]]
             failed: set[str] = set()
             for i in range(args.runs):

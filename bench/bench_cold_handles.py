@@ -28,7 +28,6 @@ Root is needed (drop_caches). Everything made is removed at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sqlite3
@@ -36,33 +35,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402  (bench/ is not a package)
-    KiB,
-    MiB,
-    BenchError,
-    Mounts,
-    Series,
-    Workspace,
-    drop_page_cache,
-    emit_report,
-    fmt_number,
-    format_table,
-    make_hot,
-    sigterm_as_interrupt,
-    sync,
-    write_random_file,
-)
-from bench_passthrough import random_offsets, wait_complete  # noqa: E402
-
-from cachefs.localstore.nginx import NginxStore  # noqa: E402
+from cachefs.benchmark.data import BIG_NAME, write_random_file
+from cachefs.benchmark.model import Record, Series
+from cachefs.benchmark.report import emit_report, fmt_number, format_table
+from cachefs.benchmark.rig import MountBench, Rig
+from cachefs.benchmark.system import (BenchError, MiB, daemon_stats, drop_page_cache, make_hot,
+                                      random_offsets, random_reads_on, sigterm_as_interrupt,
+                                      wait_cache_file)
+from cachefs.localstore.nginx import NginxStore
 
 DB_NAME = "data.sqlite"
-BIG_NAME = "big.bin"
-BLOCK = 4 * KiB
-STATS_XATTR = "user.cachefs.stats"
-STATE_XATTR = "user.cachefs.state"
 
 
 def make_database(path: Path, size: int, seed: int) -> None:
@@ -90,97 +72,76 @@ def integrity_check(path: Path) -> float:
 
 
 def fuse_reads(mountpoint: Path) -> int:
-    return json.loads(os.getxattr(mountpoint, STATS_XATTR))["fuse_reads"]
+    return daemon_stats(mountpoint)["fuse_reads"]
 
 
 # From memory a pass takes milliseconds: repeat it for at least this long.
 IN_MEMORY_S = 1.0
 
 
-def preads(fd: int, offsets: list[int], expect: bytes | None = None, min_seconds: float = 0.0) -> float:
-    """Reads per second of 4 KiB preads at `offsets`, repeated for `min_seconds`;
-    checks bytes against `expect`."""
-    done = 0
-    start = time.perf_counter()
-    while True:
-        for off in offsets:
-            data = os.pread(fd, BLOCK, off)
-            if expect is not None and data != expect[off:off + BLOCK]:
-                raise BenchError(f"wrong bytes at {off}")
-        done += len(offsets)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return done / elapsed
-
-
-class Bench:
-    def __init__(self, args: argparse.Namespace, work: Workspace, store: NginxStore, mounts: Mounts) -> None:
-        self.args = args
-        self.work = work
-        self.store = store
-        self.mounts = mounts
-        self.source = (store.root / BIG_NAME).read_bytes()
-        self.series = {name: Series(name, unit) for name, unit in [
+class ColdHandlesBench(MountBench):
+    def __init__(self, args: argparse.Namespace, rig: Rig, store: NginxStore) -> None:
+        super().__init__(rig, store.url, Record({name: Series(name, unit) for name, unit in [
             ("integrity_check cold", "s"), ("integrity_check warm", "s"), ("integrity_check native", "s"),
             ("cold handle, partial", "reads/s"),
             ("cold handle, complete, in memory", "reads/s"), ("native, in memory", "reads/s"),
             ("cold handle, complete, page cache dropped", "reads/s"), ("native, page cache dropped", "reads/s"),
-        ]}
+        ]}))
+        self.args = args
+        self.source = (store.root / BIG_NAME).read_bytes()
+        self.series = self.record.series
         self.daemon_reads_once_complete: list[int] = []
 
-    def mount(self, cache: Path) -> Path:
-        mountpoint = self.work.fresh_dir("mnt")
-        self.mounts.mount(self.store.url, mountpoint, cache)
-        return mountpoint
-
     def database(self, run: int) -> None:
-        cache = self.work.fresh_dir(f"cache-db-{run}")
-        mp = self.mount(cache)
-        sync()
+        cache = self.rig.workspace.fresh_dir(f"cache-db-{run}")
+        self.mount(cache)
+        os.sync()
         drop_page_cache()
-        self.series["integrity_check cold"].add(integrity_check(mp / DB_NAME))
-        data_file = wait_complete(cache, DB_NAME)
-        self.mounts.unmount(mp)
-        mp = self.mount(cache)
+        self.series["integrity_check cold"].add(integrity_check(self.mountpoint / DB_NAME))
+        data_file = wait_cache_file(self.mountpoint, DB_NAME)
+        self.remount(cache)
         drop_page_cache()
-        self.series["integrity_check warm"].add(integrity_check(mp / DB_NAME))
-        self.mounts.unmount(mp)
+        self.series["integrity_check warm"].add(integrity_check(self.mountpoint / DB_NAME))
+        self.unmount()
         drop_page_cache()
         self.series["integrity_check native"].add(integrity_check(data_file))
-        self.work.remove_dir(cache)
+        self.rig.workspace.remove_dir(cache)
 
     def cold_handle(self, run: int) -> None:
-        cache = self.work.fresh_dir(f"cache-big-{run}")
-        mp = self.mount(cache)
-        sync()
+        cache = self.rig.workspace.fresh_dir(f"cache-big-{run}")
+        mp = self.mountpoint
+        self.mount(cache)
+        os.sync()
         drop_page_cache()
         size = len(self.source)
         offsets = random_offsets(run, size, self.args.reads)
         fd = os.open(mp / BIG_NAME, os.O_RDONLY)
         try:
             # While partial: random reads until every chunk has been asked for.
-            self.series["cold handle, partial"].add(preads(fd, offsets, self.source))
+            self.series["cold handle, partial"].add(random_reads_on(fd, offsets, expect=self.source))
             windows = random_offsets(run + 1000, size, 4 * (size // MiB))
-            preads(fd, windows, self.source)
-            data_file = wait_complete(cache, BIG_NAME)
+            random_reads_on(fd, windows, expect=self.source)
+            data_file = wait_cache_file(mp, BIG_NAME)
             time.sleep(1.0)  # let the last page pushes land
             before = fuse_reads(mp)
-            self.series["cold handle, complete, in memory"].add(preads(fd, offsets, min_seconds=IN_MEMORY_S))
+            self.series["cold handle, complete, in memory"].add(
+                random_reads_on(fd, offsets, IN_MEMORY_S))
             self.daemon_reads_once_complete.append(fuse_reads(mp) - before)
             native = os.open(data_file, os.O_RDONLY)
             try:
                 make_hot([data_file])
-                self.series["native, in memory"].add(preads(native, offsets, min_seconds=IN_MEMORY_S))
+                self.series["native, in memory"].add(random_reads_on(native, offsets, IN_MEMORY_S))
                 drop_page_cache()
-                self.series["native, page cache dropped"].add(preads(native, offsets))
+                self.series["native, page cache dropped"].add(random_reads_on(native, offsets))
             finally:
                 os.close(native)
             drop_page_cache()
-            self.series["cold handle, complete, page cache dropped"].add(preads(fd, offsets, self.source))
+            self.series["cold handle, complete, page cache dropped"].add(
+                random_reads_on(fd, offsets, expect=self.source))
         finally:
             os.close(fd)
-        self.mounts.unmount(mp)
-        self.work.remove_dir(cache)
+        self.unmount()
+        self.rig.workspace.remove_dir(cache)
 
 
 def ratio(a: Series, b: Series, lower_is_better: bool = False) -> str:
@@ -190,7 +151,7 @@ def ratio(a: Series, b: Series, lower_is_better: bool = False) -> str:
     return f"{r:.2f}x"
 
 
-def render(bench: Bench) -> str:
+def render(bench: ColdHandlesBench) -> str:
     s = bench.series
     rows = []
     for name, series in s.items():
@@ -222,15 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_cold_handles: needs root (drop_caches)", file=sys.stderr)
         return 2
     sigterm_as_interrupt()
-    work = Workspace("cachefs-cold-")
-    mounts = Mounts()
     try:
-        data = work.fresh_dir("data")
-        print(f"generating a {args.db_size} MiB database and a {args.big_size} MiB file in {data}", flush=True)
-        make_database(data / DB_NAME, args.db_size * MiB, 15)
-        write_random_file(data / BIG_NAME, args.big_size * MiB)
-        with NginxStore(data, work.fresh_dir("nginx")) as store:
-            bench = Bench(args, work, store, mounts)
+        with Rig("cachefs-cold-") as rig:
+            data = rig.workspace.fresh_dir("data")
+            print(f"generating a {args.db_size} MiB database and a {args.big_size} MiB file in {data}",
+                  flush=True)
+            make_database(data / DB_NAME, args.db_size * MiB, 15)
+            write_random_file(data / BIG_NAME, args.big_size * MiB)
+            store = rig.serve(NginxStore(data, rig.workspace.fresh_dir("nginx")))
+            bench = ColdHandlesBench(args, rig, store)
             for run in range(args.runs):
                 print(f"run {run + 1} of {args.runs}", flush=True)
                 bench.database(run)
@@ -241,9 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"bench_cold_handles: {e}", file=sys.stderr)
         return 1
-    finally:
-        mounts.unmount_all()
-        work.remove()
     return 0
 
 

@@ -24,53 +24,23 @@ removed at the end, also on errors and Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import os
-import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (
-    emit_report,  # noqa: E402  (bench/ is not a package)
-    KiB,
-    MB,
-    MiB,
-    BenchError,
-    Mounts,
-    Series,
-    Workspace,
-    daemon_log_problems,
-    drop_page_cache,
-    fmt_number,
-    format_table,
-    hash_whole,
-    ignore_interrupts,
-    make_hot,
-    read_whole,
-    require_tools,
-    sigterm_as_interrupt,
-    sync,
-    timed,
-    write_random_file,
-)
-
-from cachefs.localstore.nginx import NginxError, NginxStore  # noqa: E402
+from cachefs.benchmark.data import BIG_NAME, SMALL_DIR, FileSet, data_gets, generate
+from cachefs.benchmark.model import Record, Series
+from cachefs.benchmark.report import fmt_number, format_table, load_line, script_document
+from cachefs.benchmark.rig import MountBench, Rig, require_tools, run_script
+from cachefs.benchmark.system import (MB, BenchError, KiB, MiB, cache_state, drop_page_cache,
+                                      hash_whole, make_hot, read_files, sequential_mbps, timed)
+from cachefs.localstore.nginx import NginxStore
 
 SMALL_SIZE = 16 * KiB
-SMALL_PER_DIR = 100
 PARALLEL_READERS = 8
-BIG_NAME = "big.bin"
-SMALL_DIR = "small"
-STATE_XATTR = "user.cachefs.state"
 
 # Issue 2's targets, judged on the median.
 TARGET_COLD_MBPS = 400.0
@@ -83,49 +53,11 @@ RCLONE_REFERENCE: dict[str, float] = {
 }
 
 
-# -- data set ---------------------------------------------------------------------
-
-
-@dataclass
-class Dataset:
-    root: Path
-    big_size: int
-    big_sha256: str
-    # Relative path -> sha256 of every small file, in reading order.
-    small: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def big(self) -> Path:
-        return self.root / BIG_NAME
-
-    def small_paths(self, base: Path) -> list[Path]:
-        return [base / rel for rel in self.small]
-
-
-def generate(root: Path, big_size: int, small_count: int) -> Dataset:
-    """Write big.bin and small/dNN/fNNNNN.bin (SMALL_PER_DIR per directory)."""
-    data = Dataset(root, big_size, write_random_file(root / BIG_NAME, big_size))
-    for i in range(small_count):
-        rel = f"{SMALL_DIR}/d{i // SMALL_PER_DIR:02d}/f{i:05d}.bin"
-        data.small[rel] = write_random_file(root / rel, SMALL_SIZE)
-    return data
-
-
 # -- the benchmark -----------------------------------------------------------------
 
 
-@dataclass
-class Results:
-    series: dict[str, Series]
-    # Everything that is not a timing: checks, request counts, log lines.
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def note(self, key: str, value: Any) -> None:
-        self.facts.setdefault(key, []).append(value)
-
-
-def new_results() -> Results:
-    return Results({
+def new_record() -> Record:
+    return Record({
         "curl": Series("curl, reference", "MB/s"),
         "big_cold": Series("big file cold", "MB/s"),
         "big_warm": Series("big file warm", "MB/s"),
@@ -137,66 +69,32 @@ def new_results() -> Results:
     })
 
 
-class CoreBench:
-    """The measurements; each one mounts, measures, unmounts and checks logs."""
+class CoreBench(MountBench):
+    """The measurements; each one mounts a fresh cache, measures, unmounts and checks logs."""
 
-    def __init__(self, ws: Workspace, store: NginxStore, mounts: Mounts, data: Dataset,
-                 results: Results) -> None:
-        self.ws = ws
+    def __init__(self, rig: Rig, store: NginxStore, files: FileSet, record: Record) -> None:
+        super().__init__(rig, store.url, record)
         self.store = store
-        self.mounts = mounts
-        self.data = data
-        self.results = results
-        self.mountpoint = ws.fresh_dir("mnt")
-        self._buf = bytearray(MiB)
-
-    # -- helpers --
-
-    @contextlib.contextmanager
-    def fresh_cache(self, label: str) -> Iterator[Path]:
-        """A new, empty cache dir; on exit: unmount, check its daemon logs, delete it."""
-        cache = self.ws.fresh_dir(f"cache-{label}")
-        try:
-            yield cache
-        finally:
-            try:
-                self.mounts.unmount(self.mountpoint)
-            finally:
-                for line in daemon_log_problems(cache):
-                    self.results.note("daemon_log_problems", f"[{label}] {line}")
-        self.ws.remove_dir(cache)
-
-    def mount(self, cache: Path) -> None:
-        self.mounts.mount(self.store.url, self.mountpoint, cache)
-
-    def remount(self, cache: Path) -> None:
-        self.mounts.unmount(self.mountpoint)
-        self.mount(cache)
-
-    def big_data_gets(self) -> int:
-        """GETs of the big file nginx logged since the log was last cleared."""
-        return sum(1 for e in self.store.access_log()
-                   if e.method == "GET" and e.index == "data" and e.path == BIG_NAME)
+        self.files = files
 
     def read_big(self, verify: bool, mode: str) -> float:
         """Read the big file through the mount; return MB/s."""
         path = self.mountpoint / BIG_NAME
-        if verify:
-            seconds, (n, digest) = timed(hash_whole, path)
-            ok = digest == self.data.big_sha256
-            self.results.facts.setdefault("big_sha256_verified", {})[mode] = ok
-            if not ok:
-                raise BenchError(f"{mode} read of {BIG_NAME} returned wrong bytes (sha256 differs)")
-        else:
-            seconds, n = timed(read_whole, path, self._buf)
-        if n != self.data.big_size:
-            raise BenchError(f"{mode} read of {BIG_NAME} returned {n} bytes, not {self.data.big_size}")
+        if not verify:
+            return sequential_mbps(path, self.files.big_size, self.buf)
+        seconds, (n, digest) = timed(hash_whole, path)
+        ok = self.files.expected is not None and digest == self.files.expected[BIG_NAME]
+        self.record.facts.setdefault("big_sha256_verified", {})[mode] = ok
+        if not ok:
+            raise BenchError(f"{mode} read of {BIG_NAME} returned wrong bytes (sha256 differs)")
+        if n != self.files.big_size:
+            raise BenchError(f"{mode} read of {BIG_NAME} returned {n} bytes, not {self.files.big_size}")
         return n / MB / seconds
 
     # -- measurements --
 
     def curl(self) -> None:
-        make_hot([self.data.big])
+        make_hot([self.store.root / BIG_NAME])
         out = subprocess.run(
             ["curl", "-s", "--noproxy", "*", "-o", "/dev/null",
              "-w", "%{speed_download} %{size_download} %{http_code}", self.store.url + BIG_NAME],
@@ -206,20 +104,20 @@ class CoreBench:
         if out.returncode != 0 or len(fields) != 3:
             raise BenchError(f"curl failed (rc {out.returncode}): {out.stderr.strip() or out.stdout}")
         speed, size, status = fields
-        if status != "200" or int(float(size)) != self.data.big_size:
-            raise BenchError(f"curl got status {status} and {size} bytes, not {self.data.big_size}")
-        self.results.series["curl"].add(float(speed) / MB)
+        if status != "200" or int(float(size)) != self.files.big_size:
+            raise BenchError(f"curl got status {status} and {size} bytes, not {self.files.big_size}")
+        self.record.series["curl"].add(float(speed) / MB)
 
     def big_file(self, label: str, verify: bool) -> dict[str, float]:
         """Cold, then warm (remount, page cache dropped), then hot reads."""
         speeds: dict[str, float] = {}
         with self.fresh_cache(label) as cache:
-            make_hot([self.data.big])
-            sync()
+            make_hot([self.store.root / BIG_NAME])
+            os.sync()
             self.mount(cache)
             self.store.clear_access_log()
             speeds["cold"] = self.read_big(verify, "cold")
-            self.results.note("cold_data_gets", self.big_data_gets())
+            self.record.note("cold_data_gets", data_gets(self.store, BIG_NAME))
 
             self.remount(cache)
             if not drop_page_cache():
@@ -227,32 +125,21 @@ class CoreBench:
             self.store.clear_access_log()
             speeds["warm"] = self.read_big(verify, "warm")
             speeds["hot"] = self.read_big(verify, "hot")
-            self.results.note("warm_hot_data_gets", self.big_data_gets())
-            self.results.note("state_after_warm", self.cache_state())
+            self.record.note("warm_hot_data_gets", data_gets(self.store, BIG_NAME))
+            self.record.note("state_after_warm", cache_state(self.mountpoint / BIG_NAME))
         return speeds
 
-    def cache_state(self) -> str:
-        try:
-            return os.getxattr(self.mountpoint / BIG_NAME, STATE_XATTR).decode()
-        except OSError as e:
-            return f"unavailable ({e.strerror})"
-
     def small_files(self, label: str, readers: int) -> float:
-        """Read every small file once (open/read/close); return files/s."""
+        """Read every small file once (open/read/close, sha256-checked); return files/s."""
         with self.fresh_cache(label) as cache:
-            make_hot(self.data.small_paths(self.data.root))
-            sync()
+            make_hot(self.files.small_paths(self.store.root))
+            os.sync()
             self.mount(cache)
-            paths = self.data.small_paths(self.mountpoint)
-            if readers == 1:
-                seconds, digests = timed(_read_files, paths)
-            else:
-                seconds, digests = timed(_read_files_parallel, paths, readers)
-        wrong = [rel for rel, d in zip(self.data.small, digests) if d != self.data.small[rel]]
-        if wrong:
-            raise BenchError(f"{len(wrong)} small files read back wrong, e.g. {wrong[0]}")
-        self.results.note("small_files_verified", len(digests))
-        return len(paths) / seconds
+            paths = self.files.small_paths(self.mountpoint)
+            files_per_s = read_files(paths, self.files.expected_small(lambda k: self.mountpoint / k),
+                                     readers)
+        self.record.note("small_files_verified", len(paths))
+        return files_per_s
 
     def ls_lr(self, label: str) -> float:
         """Seconds for `ls -lR` of the small-file tree on a cold mount."""
@@ -263,12 +150,12 @@ class CoreBench:
                 capture_output=True, text=True, check=True,
             )
         listed = sum(1 for line in out.stdout.splitlines() if line.startswith("-"))
-        if listed != len(self.data.small):
-            raise BenchError(f"ls -lR listed {listed} files, not {len(self.data.small)}")
+        if listed != len(self.files.small):
+            raise BenchError(f"ls -lR listed {listed} files, not {len(self.files.small)}")
         return seconds
 
     def run_once(self, i: int) -> None:
-        s = self.results.series
+        s = self.record.series
         self.curl()
         big = self.big_file(f"big-{i}", verify=False)
         s["big_cold"].add(big["cold"])
@@ -278,20 +165,6 @@ class CoreBench:
         s[f"small_cold_{PARALLEL_READERS}"].add(
             self.small_files(f"small{PARALLEL_READERS}-{i}", PARALLEL_READERS))
         s["ls_cold"].add(self.ls_lr(f"ls-{i}"))
-
-
-def _read_one(path: Path) -> str:
-    with open(path, "rb", buffering=0) as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def _read_files(paths: list[Path]) -> list[str]:
-    return [_read_one(p) for p in paths]
-
-
-def _read_files_parallel(paths: list[Path], readers: int) -> list[str]:
-    with ThreadPoolExecutor(readers) as pool:
-        return list(pool.map(_read_one, paths))
 
 
 # -- report ----------------------------------------------------------------------------
@@ -305,11 +178,11 @@ def _target(key: str) -> float | None:
     return None
 
 
-def summary(results: Results) -> dict[str, dict[str, Any]]:
+def summary(record: Record) -> dict[str, dict[str, Any]]:
     """Per figure: raw values, median/min/max, ratio to curl, target verdict."""
-    curl = results.series["curl"].median
+    curl = record.series["curl"].median
     out: dict[str, dict[str, Any]] = {}
-    for key, s in results.series.items():
+    for key, s in record.series.items():
         target = _target(key)
         med = s.median
         out[key] = {
@@ -356,9 +229,7 @@ def check_lines(facts: dict[str, Any]) -> list[str]:
         f"during warm+hot reads: {facts.get('warm_hot_data_gets', [])} (should be 0)",
         f"        cache state after warm read: {sorted(set(facts.get('state_after_warm', [])))}",
         f"        daemon log warnings/errors: {len(problems)}",
-        f"host:   1-min load average {facts.get('loadavg_1m_start', 0):.2f} at start, "
-        f"{facts.get('loadavg_1m_end', 0):.2f} at end ({os.cpu_count()} CPUs); "
-        f"other load makes the figures noisy",
+        load_line(facts),
     ]
     lines += [f"          {p}" for p in problems[:10]]
     return lines
@@ -382,68 +253,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def host_info() -> dict[str, Any]:
-    return {"kernel": platform.release(), "cpus": os.cpu_count(), "uid": os.geteuid(),
-            "python": platform.python_version()}
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Set up, measure and tear down; return everything for the report."""
-    results = new_results()
-    with contextlib.ExitStack() as stack:
-        ws = Workspace("cachefs-bench-")
-        stack.callback(ws.remove)
-        mounts = Mounts()
-        stack.callback(mounts.unmount_all)
-        # Registered last, so it runs first: a second Ctrl-C cannot stop cleanup.
-        stack.callback(ignore_interrupts)
-
+def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """Set up, measure and tear down; return the table and everything for the JSON."""
+    require_tools("curl", "ls", "umount")
+    record = new_record()
+    with Rig("cachefs-bench-") as rig:
         print(f"generating {args.big_size} MiB + {args.small_count} x {SMALL_SIZE // KiB} KiB "
-              f"in {ws.path} ...", flush=True)
-        data = generate(ws.fresh_dir("store"), args.big_size * MiB, args.small_count)
-        # NginxStore needs stop() even if start() fails half-way.
-        store = NginxStore(data.root, ws.fresh_dir("nginx"))
-        stack.callback(store.stop)
-        store.start()
+              f"in {rig.workspace.path} ...", flush=True)
+        source = rig.workspace.fresh_dir("store")
+        files = generate(source, args.big_size * MiB, args.small_count, SMALL_SIZE)
+        store = rig.serve(NginxStore(source, rig.workspace.fresh_dir("nginx")))
         print(f"serving at {store.url}", flush=True)
 
-        bench = CoreBench(ws, store, mounts, data, results)
+        bench = CoreBench(rig, store, files, record)
         started = time.perf_counter()
-        results.facts["loadavg_1m_start"] = os.getloadavg()[0]
+        record.facts["loadavg_1m_start"] = os.getloadavg()[0]
         print("verification pass (sha256 of the big file, cold/warm/hot) ...", flush=True)
-        results.facts["verify_pass_mbps"] = bench.big_file("verify", verify=True)
+        record.facts["verify_pass_mbps"] = bench.big_file("verify", verify=True)
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs} ...", flush=True)
             bench.run_once(i)
-        results.facts["elapsed_s"] = time.perf_counter() - started
-        results.facts["loadavg_1m_end"] = os.getloadavg()[0]
-    return {
-        "config": {"big_size_mib": args.big_size, "small_count": args.small_count,
-                   "small_size": SMALL_SIZE, "runs": args.runs,
-                   "parallel_readers": PARALLEL_READERS, "read_block": MiB, "mb": MB},
-        "host": host_info(),
-        "figures": summary(results),
-        "facts": results.facts,
-    }
+        record.facts["elapsed_s"] = time.perf_counter() - started
+        record.facts["loadavg_1m_end"] = os.getloadavg()[0]
+    config = {"big_size_mib": args.big_size, "small_count": args.small_count,
+              "small_size": SMALL_SIZE, "runs": args.runs,
+              "parallel_readers": PARALLEL_READERS, "read_block": MiB, "mb": MB}
+    report = script_document(config, summary(record), record.facts)
+    header = (f"cachefs core benchmark: big file {args.big_size} MiB, "
+              f"{args.small_count} x {SMALL_SIZE // KiB} KiB small files, "
+              f"median of {args.runs} runs (MB = 10^6 bytes)")
+    return render(report["figures"], report["facts"], header), report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sigterm_as_interrupt()
-    try:
-        require_tools("curl", "ls", "umount")
-        report = run(args)
-    except KeyboardInterrupt:
-        print("bench: interrupted; cleaned up", file=sys.stderr)
-        return 130
-    except (BenchError, NginxError, subprocess.CalledProcessError) as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    header = (f"cachefs core benchmark: big file {args.big_size} MiB, "
-              f"{args.small_count} x {SMALL_SIZE // KiB} KiB small files, "
-              f"median of {args.runs} runs (MB = 10^6 bytes)")
-    emit_report(render(report["figures"], report["facts"], header), report, args.json)
-    return 0
+    return run_script(lambda: run(args), args.json, (subprocess.CalledProcessError,))
 
 
 if __name__ == "__main__":

@@ -31,59 +31,29 @@ anything.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import random
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (
-    emit_report,  # noqa: E402  (bench/ is not a package)
-    KiB,
-    MB,
-    MiB,
-    BenchError,
-    Mounts,
-    Series,
-    Workspace,
-    daemon_log_problems,
-    drop_page_cache,
-    fmt_number,
-    format_table,
-    hash_whole,
-    ignore_interrupts,
-    make_hot,
-    read_whole,
-    require_tools,
-    sigterm_as_interrupt,
-    sync,
-    timed,
-    write_random_file,
-)
-
-from cachefs.localstore.nginx import NginxError, NginxStore  # noqa: E402
-
-BIG_NAME = "big.bin"
-STATE_XATTR = "user.cachefs.state"
-STATS_XATTR = "user.cachefs.stats"  # on the mount's root
-RAND_BLOCK = 4 * KiB
+from cachefs.benchmark.data import BIG_NAME, data_gets, write_random_file
+from cachefs.benchmark.model import Record, Series
+from cachefs.benchmark.report import fmt_number, format_table, load_line, script_document
+from cachefs.benchmark.rig import MountBench, Rig, require_tools, run_script
+from cachefs.benchmark.system import (MB, RAND_BLOCK, BenchError, MiB, cache_state, daemon_stats,
+                                      drop_page_cache, hash_whole, make_hot, random_offsets,
+                                      sequential_mbps, wait_cache_file)
+from cachefs.localstore.nginx import NginxStore
 
 # Issue 3's target, judged on the median: passthrough >= 0.95x native.
 TARGET_RATIO = 0.95
-# How long the daemon may take to record the object complete after the
-# first full read.
-COMPLETE_TIMEOUT_S = 60.0
 
 # The measured ways to read the file, in table order.
 NATIVE = "native"
@@ -175,12 +145,6 @@ class RandomReader:
         return count / seconds
 
 
-def random_offsets(seed: int, size: int, count: int) -> list[int]:
-    blocks = size // RAND_BLOCK
-    rng = random.Random(seed)
-    return [rng.randrange(blocks) * RAND_BLOCK for _ in range(count)]
-
-
 def fio_version() -> str:
     out = subprocess.run(["fio", "--version"], capture_output=True, text=True, check=False)
     return out.stdout.strip() or "fio"
@@ -194,23 +158,7 @@ def choose_tool(wanted: str) -> str:
     return wanted
 
 
-# -- the cache ---------------------------------------------------------------------------
-
-
-def cache_file(cache_dir: Path, key: str) -> Path | None:
-    """The data file of `key` once the cache records it complete, else None."""
-    for db in cache_dir.glob("*/state.db"):
-        # Read-only, so the benchmark never takes a write lock from the daemon.
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-        try:
-            row = conn.execute(
-                "SELECT data_name FROM objects WHERE key = ? AND complete = 1", (key,)).fetchone()
-        finally:
-            conn.close()
-        if row:
-            name = row[0]
-            return db.parent / "data" / name[:2] / name
-    return None
+# -- the disk ----------------------------------------------------------------------------
 
 
 def disk_sectors_read(path: Path) -> int | None:
@@ -223,56 +171,40 @@ def disk_sectors_read(path: Path) -> int | None:
         return None
 
 
-def wait_complete(cache_dir: Path, key: str) -> Path:
-    deadline = time.monotonic() + COMPLETE_TIMEOUT_S
-    while (path := cache_file(cache_dir, key)) is None:
-        if time.monotonic() > deadline:
-            raise BenchError(f"{key} not recorded complete in the cache "
-                             f"{COMPLETE_TIMEOUT_S:.0f} s after a full read")
-        time.sleep(0.1)
-    return path
-
-
 # -- the benchmark -----------------------------------------------------------------------
 
 
-@dataclass
-class Results:
-    # "<figure>.<path>" -> Series
-    series: dict[str, Series]
-    # Everything that is not a timing: checks, counters, log lines.
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def note(self, key: str, value: Any) -> None:
-        self.facts.setdefault(key, []).append(value)
-
-
-def new_results() -> Results:
+def new_record() -> Record:
+    """Series by "<figure>.<path>"."""
     series = {}
     for fig, (title, unit) in FIGURES.items():
         for path in (NATIVE, PASSTHROUGH, NO_PASSTHROUGH):
             series[f"{fig}.{path}"] = Series(f"{title}: {PATH_LABELS[path]}", unit)
-    return Results(series)
+    return Record(series)
 
 
-class PassthroughBench:
+def counters(figure: str, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's FUSE_READ count before and after a measurement, and its opens meanwhile."""
+    return {
+        "figure": figure, "fuse_reads_before": before["fuse_reads"],
+        "fuse_reads_after": after["fuse_reads"],
+        "opens": {m: after["opens"][m] - before["opens"].get(m, 0) for m in after["opens"]},
+    }
+
+
+class PassthroughBench(MountBench):
     """One cache dir holding the complete big file; mounts made and removed per run."""
 
-    def __init__(self, ws: Workspace, store: NginxStore, mounts: Mounts, size: int,
-                 sha256: str, reader: RandomReader, args: argparse.Namespace,
-                 results: Results) -> None:
-        self.ws = ws
+    def __init__(self, rig: Rig, store: NginxStore, size: int, sha256: str, reader: RandomReader,
+                 args: argparse.Namespace, record: Record) -> None:
+        super().__init__(rig, store.url, record)
         self.store = store
-        self.mounts = mounts
         self.size = size
         self.sha256 = sha256
         self.reader = reader
         self.args = args
-        self.results = results
-        self.mountpoint = ws.fresh_dir("mnt")
-        self.cache = ws.fresh_dir("cache")
+        self.cache = rig.workspace.fresh_dir("cache")
         self.native: Path | None = None  # the cache file, once complete
-        self._buf = bytearray(MiB)
 
     # -- helpers --
 
@@ -286,38 +218,13 @@ class PassthroughBench:
             raise BenchError("the cache file is not known yet")
         return self.native
 
-    @contextlib.contextmanager
-    def mounted(self, label: str, *options: str) -> Iterator[None]:
-        """Mount the cache dir; on exit unmount and collect its daemon log problems."""
-        self.mounts.mount(self.store.url, self.mountpoint, self.cache, *options)
-        try:
-            yield
-        finally:
-            self.mounts.unmount(self.mountpoint)
-        # The log is appended to by every mount of this cache dir: take only
-        # what is new since the last look.
-        seen = self.results.facts.setdefault("_log_problems_seen", 0)
-        problems = daemon_log_problems(self.cache, limit=1000)
-        for line in problems[seen:]:
-            self.results.note("daemon_log_problems", f"[{label}] {line}")
-        self.results.facts["_log_problems_seen"] = len(problems)
-
-    def stats(self) -> dict[str, Any]:
-        return json.loads(os.getxattr(self.mountpoint, STATS_XATTR))
-
     def state_while_open(self) -> str:
         """The big file's state xattr while one handle is open on it."""
         with open(self.via_mount, "rb", buffering=0):
-            try:
-                return os.getxattr(self.via_mount, STATE_XATTR).decode()
-            except OSError as e:
-                return f"unavailable ({e.strerror})"
+            return cache_state(self.via_mount)
 
     def seq(self, path: Path) -> float:
-        seconds, n = timed(read_whole, path, self._buf)
-        if n != self.size:
-            raise BenchError(f"read of {path} returned {n} bytes, not {self.size}")
-        return n / MB / seconds
+        return sequential_mbps(path, self.size, self.buf)
 
     def rand(self, path: Path, cold: bool) -> float:
         count = self.args.rand_cold_count if cold else self.args.rand_hot_count
@@ -336,75 +243,63 @@ class PassthroughBench:
         fn: Callable[[Path], float] = self.seq if fig.startswith("seq") else (
             lambda p: self.rand(p, cold))
         self.prepare(path, cold)
-        before = self.stats() if which != NATIVE else None
+        before = daemon_stats(self.mountpoint) if which != NATIVE else None
         sectors = disk_sectors_read(self.cache)
         value = fn(path)
         sectors_after = disk_sectors_read(self.cache)
-        self.results.series[f"{fig}.{which}"].add(value)
+        self.record.series[f"{fig}.{which}"].add(value)
         if cold and sectors is not None and sectors_after is not None:
             # What the device read meanwhile (other processes' reads included):
             # tells readahead differences between the paths apart from overhead.
-            self.results.note(f"disk_mib_read.{fig}.{which}", (sectors_after - sectors) * 512 / MiB)
+            self.record.note(f"disk_mib_read.{fig}.{which}", (sectors_after - sectors) * 512 / MiB)
         if before is not None:
-            after = self.stats()
-            self.results.note(f"counters.{which}", {
-                "figure": fig,
-                "fuse_reads_before": before["fuse_reads"],
-                "fuse_reads_after": after["fuse_reads"],
-                "opens": {m: after["opens"][m] - before["opens"].get(m, 0) for m in after["opens"]},
-            })
+            self.record.note(f"counters.{which}", counters(fig, before, daemon_stats(self.mountpoint)))
 
     # -- steps --
 
     def make_complete(self) -> None:
         """Read the big file once through a fresh mount, then check the bytes."""
         make_hot([self.store.root / BIG_NAME])
-        sync()
-        with self.mounted("complete"):
+        os.sync()
+        with self.mounted(self.cache, "complete"):
             self.store.clear_access_log()
             n, digest = hash_whole(self.via_mount)
             if n != self.size or digest != self.sha256:
                 raise BenchError(f"first read through the mount returned wrong bytes ({n} bytes)")
-            self.results.facts["first_read_gets"] = sum(
-                1 for e in self.store.access_log()
-                if e.method == "GET" and e.index == "data" and e.path == BIG_NAME)
-            self.native = wait_complete(self.cache, BIG_NAME)
-        self.results.facts["cache_file"] = str(self.native)
+            self.record.facts["first_read_gets"] = data_gets(self.store, BIG_NAME)
+            self.native = wait_cache_file(self.mountpoint, BIG_NAME)
+        self.record.facts["cache_file"] = str(self.native)
 
     def verify(self) -> None:
         """Untimed: sha256 through a passthrough mount, page cache dropped, equals native."""
-        with self.mounted("verify"):
-            stats = self.stats()
-            self.results.facts["passthrough"] = {
+        with self.mounted(self.cache, "verify"):
+            stats = daemon_stats(self.mountpoint)
+            self.record.facts["passthrough"] = {
                 "on": stats.get("passthrough"), "reason": stats.get("passthrough_reason")}
-            self.results.facts["state_while_open"] = self.state_while_open()
+            self.record.facts["state_while_open"] = self.state_while_open()
             if not drop_page_cache():
                 raise BenchError("cannot drop the page cache (needs root)")
-            before = self.stats()
+            before = daemon_stats(self.mountpoint)
             n_mount, via_mount = hash_whole(self.via_mount)
-            after = self.stats()
+            after = daemon_stats(self.mountpoint)
             n_native, native = hash_whole(self.cache_path)
         ok = n_mount == n_native == self.size and via_mount == native == self.sha256
-        self.results.facts["sha256"] = {"mount": via_mount, "native": native,
+        self.record.facts["sha256"] = {"mount": via_mount, "native": native,
                                         "source": self.sha256, "ok": ok}
-        self.results.note(f"counters.{PASSTHROUGH}", {
-            "figure": "verify", "fuse_reads_before": before["fuse_reads"],
-            "fuse_reads_after": after["fuse_reads"],
-            "opens": {m: after["opens"][m] - before["opens"].get(m, 0) for m in after["opens"]},
-        })
+        self.record.note(f"counters.{PASSTHROUGH}", counters("verify", before, after))
         if not ok:
             raise BenchError("sha256 through the mount, of the cache file and of the source "
                              "differ: wrong bytes")
 
     def run_once(self, i: int) -> None:
-        with self.mounted(f"passthrough-{i}"):
+        with self.mounted(self.cache, f"passthrough-{i}"):
             for fig in FIGURES:
                 # Alternate who goes first, so order effects spread over both.
                 pair = [(PASSTHROUGH, self.via_mount), (NATIVE, self.cache_path)]
                 for which, path in (pair if i % 2 == 0 else pair[::-1]):
                     self.measure(fig, which, path)
-        with self.mounted(f"no-passthrough-{i}", "--no-passthrough"):
-            self.results.note("no_passthrough_state_while_open", self.state_while_open())
+        with self.mounted(self.cache, f"no-passthrough-{i}", "--no-passthrough"):
+            self.record.note("no_passthrough_state_while_open", self.state_while_open())
             for fig in FIGURES:
                 self.measure(fig, NO_PASSTHROUGH, self.via_mount)
 
@@ -412,12 +307,12 @@ class PassthroughBench:
 # -- report ----------------------------------------------------------------------------
 
 
-def summary(results: Results) -> dict[str, dict[str, Any]]:
+def summary(record: Record) -> dict[str, dict[str, Any]]:
     """Per figure and path: raw values, median/min/max, ratio to native, verdict."""
     out: dict[str, dict[str, Any]] = {}
-    for key, s in results.series.items():
+    for key, s in record.series.items():
         fig, which = key.split(".")
-        native = results.series[f"{fig}.{NATIVE}"]
+        native = record.series[f"{fig}.{NATIVE}"]
         med = s.median
         ratio = med / native.median if med is not None and native.median else None
         paired = [v / n for v, n in zip(s.values, native.values) if n] if which != NATIVE else []
@@ -485,9 +380,7 @@ def check_lines(facts: dict[str, Any]) -> list[str]:
         f"          {_counter_line(npt_counts)}",
         f"        GETs of the big file for the first read: {facts.get('first_read_gets', '?')}; "
         f"daemon log warnings/errors: {len(problems)}",
-        f"host:   1-min load average {facts.get('loadavg_1m_start', 0):.2f} at start, "
-        f"{facts.get('loadavg_1m_end', 0):.2f} at end ({os.cpu_count()} CPUs); "
-        f"other load makes the figures noisy",
+        load_line(facts),
     ]
     disk = [f"{key.removeprefix('disk_mib_read.')} "
             + "/".join(f"{v:.0f}" for v in values)
@@ -524,80 +417,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def host_info() -> dict[str, Any]:
-    return {"kernel": platform.release(), "cpus": os.cpu_count(), "uid": os.geteuid(),
-            "python": platform.python_version()}
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Set up, measure and tear down; return everything for the report."""
-    results = new_results()
+def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """Set up, measure and tear down; return the table and everything for the JSON."""
+    require_tools("umount")
+    record = new_record()
     reader = RandomReader(choose_tool(args.rand_tool), args.seed)
-    results.facts.update(rand_tool=reader.description, rand_cold_count=args.rand_cold_count,
-                         rand_hot_count=args.rand_hot_count)
-    with contextlib.ExitStack() as stack:
-        ws = Workspace("cachefs-bench-pt-")
-        stack.callback(ws.remove)
-        mounts = Mounts()
-        stack.callback(mounts.unmount_all)
-        # Registered last, so it runs first: a second Ctrl-C cannot stop cleanup.
-        stack.callback(ignore_interrupts)
-
+    record.facts.update(rand_tool=reader.description, rand_cold_count=args.rand_cold_count,
+                        rand_hot_count=args.rand_hot_count)
+    with Rig("cachefs-bench-pt-") as rig:
         size = args.big_size * MiB
-        print(f"generating {args.big_size} MiB in {ws.path} ...", flush=True)
-        root = ws.fresh_dir("store")
+        print(f"generating {args.big_size} MiB in {rig.workspace.path} ...", flush=True)
+        root = rig.workspace.fresh_dir("store")
         sha256 = write_random_file(root / BIG_NAME, size)
-        # NginxStore needs stop() even if start() fails half-way.
-        store = NginxStore(root, ws.fresh_dir("nginx"))
-        stack.callback(store.stop)
-        store.start()
+        store = rig.serve(NginxStore(root, rig.workspace.fresh_dir("nginx")))
         print(f"serving at {store.url}", flush=True)
 
-        bench = PassthroughBench(ws, store, mounts, size, sha256, reader, args, results)
+        bench = PassthroughBench(rig, store, size, sha256, reader, args, record)
         started = time.perf_counter()
-        results.facts["loadavg_1m_start"] = os.getloadavg()[0]
+        record.facts["loadavg_1m_start"] = os.getloadavg()[0]
         print("making the big file complete in the cache (one read through the mount) ...",
               flush=True)
         bench.make_complete()
         print("verification pass (sha256 through the mount and of the cache file) ...", flush=True)
         bench.verify()
-        if not results.facts["passthrough"]["on"]:
+        if not record.facts["passthrough"]["on"]:
             print(f"bench: warning: passthrough is off "
-                  f"({results.facts['passthrough']['reason']}); 'passthrough' rows measure "
+                  f"({record.facts['passthrough']['reason']}); 'passthrough' rows measure "
                   "the daemon", file=sys.stderr)
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs} ...", flush=True)
             bench.run_once(i)
-        results.facts["elapsed_s"] = time.perf_counter() - started
-        results.facts["loadavg_1m_end"] = os.getloadavg()[0]
-        results.facts.pop("_log_problems_seen", None)
-    return {
-        "config": {"big_size_mib": args.big_size, "runs": args.runs,
-                   "rand_cold_count": args.rand_cold_count, "rand_hot_count": args.rand_hot_count,
-                   "seed": args.seed, "rand_tool": reader.tool, "read_block": MiB,
-                   "rand_block": RAND_BLOCK, "mb": MB, "target_ratio": TARGET_RATIO},
-        "host": host_info(),
-        "figures": summary(results),
-        "facts": results.facts,
-    }
+        record.facts["elapsed_s"] = time.perf_counter() - started
+        record.facts["loadavg_1m_end"] = os.getloadavg()[0]
+    config = {"big_size_mib": args.big_size, "runs": args.runs,
+              "rand_cold_count": args.rand_cold_count, "rand_hot_count": args.rand_hot_count,
+              "seed": args.seed, "rand_tool": reader.tool, "read_block": MiB,
+              "rand_block": RAND_BLOCK, "mb": MB, "target_ratio": TARGET_RATIO}
+    report = script_document(config, summary(record), record.facts)
+    header = (f"cachefs passthrough benchmark: big file {args.big_size} MiB complete in the "
+              f"cache, median of {args.runs} runs (MB = 10^6 bytes)")
+    return render(report["figures"], report["facts"], header), report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sigterm_as_interrupt()
-    try:
-        require_tools("umount")
-        report = run(args)
-    except KeyboardInterrupt:
-        print("bench: interrupted; cleaned up", file=sys.stderr)
-        return 130
-    except (BenchError, NginxError, OSError, sqlite3.Error, subprocess.CalledProcessError) as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    header = (f"cachefs passthrough benchmark: big file {args.big_size} MiB complete in the "
-              f"cache, median of {args.runs} runs (MB = 10^6 bytes)")
-    emit_report(render(report["figures"], report["facts"], header), report, args.json)
-    return 0
+    return run_script(lambda: run(args), args.json,
+                      (OSError, sqlite3.Error, subprocess.CalledProcessError))
 
 
 if __name__ == "__main__":

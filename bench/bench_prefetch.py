@@ -29,43 +29,24 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (
-    emit_report,
-    MB,
-    BenchError,
-    MiB,
-    Mounts,
-    Series,
-    Workspace,
-    daemon_log_problems,
-    fmt_number,
-    format_table,
-    hash_whole,
-    ignore_interrupts,
-    make_hot,
-    read_whole,
-    sigterm_as_interrupt,
-    sync,
-    timed,
-    write_random_file,
-)
-
-from cachefs.localstore.nginx import NginxError, NginxStore
+from cachefs.benchmark.data import write_random_file
+from cachefs.benchmark.model import Record, Series
+from cachefs.benchmark.report import fmt_number, format_table, script_document
+from cachefs.benchmark.rig import MountBench, Rig, run_script
+from cachefs.benchmark.system import (MB, STATE_XATTR, BenchError, MiB, hash_whole, make_hot,
+                                      sequential_mbps)
+from cachefs.localstore.nginx import NginxStore
 
 A_NAME = "a.bin"
 PF_DIR = "pf"
-STATE_XATTR = "user.cachefs.state"
 TARGET_RATIO = 0.5  # issue 5, judged on the median ratio
 # The prefetch has this much cached before A's read starts: it is at speed.
 WARMUP_BYTES = 64 * MiB
@@ -92,15 +73,6 @@ class Dataset:
     @property
     def pf_total(self) -> int:
         return sum(self.pf_sizes.values())
-
-
-@dataclass
-class Results:
-    series: dict[str, Series]
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def note(self, key: str, value: Any) -> None:
-        self.facts.setdefault(key, []).append(value)
 
 
 def generate(root: Path, a_size: int, pf_files: int, pf_size: int) -> Dataset:
@@ -137,40 +109,23 @@ def parse_summary(out: str, err: str, rc: int) -> dict[str, Any]:
     return summary
 
 
-class PrefetchBench:
+class PrefetchBench(MountBench):
     """The three phases; each one mounts a fresh cache dir, measures, unmounts."""
 
-    def __init__(self, ws: Workspace, store: NginxStore, mounts: Mounts, data: Dataset,
-                 results: Results) -> None:
-        self.ws = ws
-        self.store = store
-        self.mounts = mounts
+    def __init__(self, rig: Rig, store: NginxStore, data: Dataset, record: Record) -> None:
+        super().__init__(rig, store.url, record)
         self.data = data
-        self.results = results
-        self.mountpoint = ws.fresh_dir("mnt")
-        self._buf = bytearray(MiB)
 
     @contextlib.contextmanager
     def fresh_mount(self, label: str) -> Iterator[None]:
         """Mount a new cache dir; on exit unmount, collect log problems, delete it."""
-        cache = self.ws.fresh_dir(f"cache-{label}")
-        self.mounts.mount(self.store.url, self.mountpoint, cache)
-        try:
-            sync()  # the previous phase's cache writes must not land on this one
+        with self.fresh_cache(label) as cache:
+            self.mount(cache)
+            os.sync()  # the previous phase's cache writes must not land on this one
             yield
-        finally:
-            try:
-                self.mounts.unmount(self.mountpoint)
-            finally:
-                for line in daemon_log_problems(cache):
-                    self.results.note("daemon_log_problems", f"[{label}] {line}")
-        self.ws.remove_dir(cache)
 
     def read_a(self) -> float:
-        seconds, n = timed(read_whole, self.mountpoint / A_NAME, self._buf)
-        if n != self.data.a_size:
-            raise BenchError(f"read of {A_NAME} returned {n} bytes, not {self.data.a_size}")
-        return n / MB / seconds
+        return sequential_mbps(self.mountpoint / A_NAME, self.data.a_size, self.buf)
 
     def pf_cached(self) -> int:
         return sum(cached_bytes(self.mountpoint / rel, size) for rel, size in self.data.pf_sizes.items())
@@ -178,7 +133,7 @@ class PrefetchBench:
     def verify_a(self) -> None:
         n, digest = hash_whole(self.mountpoint / A_NAME)
         ok = n == self.data.a_size and digest == self.data.a_sha256
-        self.results.note("a_sha256_ok", ok)
+        self.record.note("a_sha256_ok", ok)
         if not ok:
             raise BenchError(f"{A_NAME} read through the mount has wrong bytes")
 
@@ -191,14 +146,14 @@ class PrefetchBench:
 
     def read_alone(self, i: int) -> None:
         with self.fresh_mount(f"read-alone-{i}"):
-            self.results.series["read_alone"].add(self.read_a())
+            self.record.series["read_alone"].add(self.read_a())
 
     def pf_alone(self, i: int) -> None:
         with self.fresh_mount(f"pf-alone-{i}"):
             proc = subprocess.run(prefetch_command(self.mountpoint), capture_output=True, text=True,
                                   timeout=PREFETCH_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
             summary = parse_summary(proc.stdout, proc.stderr, proc.returncode)
-            self.results.series["pf_alone"].add(summary["bytes_fetched"] / MB / summary["elapsed"])
+            self.record.series["pf_alone"].add(summary["bytes_fetched"] / MB / summary["elapsed"])
 
     def during(self, i: int) -> None:
         with self.fresh_mount(f"during-{i}"):
@@ -216,11 +171,11 @@ class PrefetchBench:
                     proc.kill()  # our child, by its pid
                     proc.wait()
             parse_summary(out, err, proc.returncode)
-            self.results.note("prefetch_running_until_read_ended", still_running)
+            self.record.note("prefetch_running_until_read_ended", still_running)
             if not still_running:
                 raise BenchError("the prefetch ended before A's read did: use a larger --pf-size")
-            self.results.series["read_during"].add(read_mbps)
-            self.results.series["pf_during"].add((after - before) / MB / seconds)
+            self.record.series["read_during"].add(read_mbps)
+            self.record.series["pf_during"].add((after - before) / MB / seconds)
             self.verify_a()
 
     def _wait_warm(self, proc: subprocess.Popen[str]) -> None:
@@ -235,17 +190,17 @@ class PrefetchBench:
         order = PHASES[i % len(PHASES):] + PHASES[: i % len(PHASES)]
         for phase in order:
             getattr(self, phase)(i)
-        alone, during = self.results.series["read_alone"].values, self.results.series["read_during"].values
-        self.results.series["ratio"].add(during[-1] / alone[-1])
+        alone, during = self.record.series["read_alone"].values, self.record.series["read_during"].values
+        self.record.series["ratio"].add(during[-1] / alone[-1])
 
 
 # -- report -----------------------------------------------------------------------------
 
 
-def summary(results: Results) -> dict[str, dict[str, Any]]:
+def summary(record: Record) -> dict[str, dict[str, Any]]:
     return {key: {"title": s.name, "unit": s.unit, "median": s.median, "min": s.low, "max": s.high,
                   "runs": s.values}
-            for key, s in results.series.items()}
+            for key, s in record.series.items()}
 
 
 def verdict(figures: dict[str, dict[str, Any]]) -> str:
@@ -285,55 +240,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Set up, measure and tear down; return everything for the report."""
-    results = Results({key: Series(title, unit) for key, (title, unit) in FIGURES.items()})
-    with contextlib.ExitStack() as stack:
-        ws = Workspace("cachefs-bench-prefetch-")
-        stack.callback(ws.remove)
-        mounts = Mounts()
-        stack.callback(mounts.unmount_all)
-        stack.callback(ignore_interrupts)  # runs first: a second Ctrl-C cannot stop cleanup
-
-        print(f"generating {args.a_size} MiB + {args.pf_files} x {args.pf_size} MiB in {ws.path} ...",
-              flush=True)
-        data = generate(ws.fresh_dir("store"), args.a_size * MiB, args.pf_files, args.pf_size * MiB)
+def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """Set up, measure and tear down; return the table and everything for the JSON."""
+    record = Record({key: Series(title, unit) for key, (title, unit) in FIGURES.items()})
+    with Rig("cachefs-bench-prefetch-") as rig:
+        print(f"generating {args.a_size} MiB + {args.pf_files} x {args.pf_size} MiB in "
+              f"{rig.workspace.path} ...", flush=True)
+        data = generate(rig.workspace.fresh_dir("store"), args.a_size * MiB, args.pf_files,
+                        args.pf_size * MiB)
         make_hot([data.root / A_NAME, *(data.root / rel for rel in data.pf_sizes)])
-        store = NginxStore(data.root, ws.fresh_dir("nginx"))
-        stack.callback(store.stop)
-        store.start()
-        bench = PrefetchBench(ws, store, mounts, data, results)
+        store = rig.serve(NginxStore(data.root, rig.workspace.fresh_dir("nginx")))
+        bench = PrefetchBench(rig, store, data, record)
         print("verification pass (A's sha256 through a fresh mount) ...", flush=True)
         bench.verify_pass()
         started = time.perf_counter()
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs} ...", flush=True)
             bench.run_once(i)
-        results.facts["elapsed_s"] = time.perf_counter() - started
-    return {
-        "config": {"a_size_mib": args.a_size, "pf_files": args.pf_files, "pf_size_mib": args.pf_size,
-                   "runs": args.runs, "warmup_bytes": WARMUP_BYTES, "mb": MB},
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "figures": summary(results),
-        "facts": results.facts,
-    }
+        record.facts["elapsed_s"] = time.perf_counter() - started
+    config = {"a_size_mib": args.a_size, "pf_files": args.pf_files, "pf_size_mib": args.pf_size,
+              "runs": args.runs, "warmup_bytes": WARMUP_BYTES, "mb": MB}
+    report = script_document(config, summary(record), record.facts)
+    header = (f"cachefs prefetch benchmark: A {args.a_size} MiB read cold in 1 MiB reads; prefetch of "
+              f"{args.pf_files} x {args.pf_size} MiB; {args.runs} runs (MB = 10^6 bytes)")
+    return render(report["figures"], report["facts"], header), report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sigterm_as_interrupt()
-    try:
-        report = run(args)
-    except KeyboardInterrupt:
-        print("bench: interrupted; cleaned up", file=sys.stderr)
-        return 130
-    except (BenchError, NginxError, subprocess.SubprocessError) as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    header = (f"cachefs prefetch benchmark: A {args.a_size} MiB read cold in 1 MiB reads; prefetch of "
-              f"{args.pf_files} x {args.pf_size} MiB; {args.runs} runs (MB = 10^6 bytes)")
-    emit_report(render(report["figures"], report["facts"], header), report, args.json)
-    return 0
+    return run_script(lambda: run(args), args.json, (subprocess.SubprocessError,))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
-"""The files a benchmark reads: generated for the built-in run, or found in a mount."""
+"""The files a benchmark reads: generated (for the built-in run and the
+scripts in bench/), or found in a mount; and the local store serving them."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cachefs.localstore.tree import write_seeded_file
 
 from .system import BenchError, KiB, MiB
+
+if TYPE_CHECKING:
+    from cachefs.localstore.nginx import NginxStore
 
 BIG_NAME = "big.bin"
 SMALL_DIR = "small"
@@ -32,22 +37,33 @@ class FileSet:
     def keys(self) -> list[str]:
         return [self.big, *self.small]
 
+    def small_paths(self, root: Path) -> list[Path]:
+        """The small files under `root` (the source, or a mount of it)."""
+        return [root / key for key in self.small]
+
+    def expected_small(self, resolve: Callable[[str], Path]) -> dict[Path, str] | None:
+        """The small files' sha256 by the path `resolve` gives each key (None: unknown)."""
+        if self.expected is None:
+            return None
+        return {resolve(key): self.expected[key] for key in self.small}
+
+
+def write_random_file(path: Path, size: int, seed: str | None = None) -> str:
+    """Fill `path` with `size` pseudo-random bytes fixed by `seed` (by default
+    the file's name and size); return their sha256 hex."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_seeded_file(path, seed or f"bench/{path.name}/{size}", size)
+
 
 def generate(root: Path, big_size: int, small_count: int, small_size: int) -> FileSet:
     """Write big.bin and small/dNN/fNNNNN.bin (SMALL_PER_DIR per directory)."""
-    expected = {BIG_NAME: write_seeded_file(_parent_made(root / BIG_NAME), f"bench/big/{big_size}",
-                                            big_size)}
+    expected = {BIG_NAME: write_random_file(root / BIG_NAME, big_size, f"bench/big/{big_size}")}
     small = []
     for i in range(small_count):
         key = f"{SMALL_DIR}/d{i // SMALL_PER_DIR:02d}/f{i:05d}.bin"
-        expected[key] = write_seeded_file(_parent_made(root / key), f"bench/small/{i}", small_size)
+        expected[key] = write_random_file(root / key, small_size, f"bench/small/{i}")
         small.append(key)
     return FileSet(BIG_NAME, big_size, small, expected)
-
-
-def _parent_made(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def files_in_mount(mountpoint: Path, key: str, small_count: int) -> FileSet:
@@ -82,6 +98,11 @@ class Store(Protocol):
     def start(self) -> object: ...
 
     def stop(self) -> None: ...
+
+
+def data_gets(store: NginxStore, key: str) -> int:
+    """GETs of the file `key` nginx logged since its log was last cleared."""
+    return sum(1 for e in store.access_log() if e.method == "GET" and e.index == "data" and e.path == key)
 
 
 def make_store(root: Path, workdir: Path, kind: str) -> tuple[Store, str]:

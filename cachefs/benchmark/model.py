@@ -1,4 +1,9 @@
-"""Modes, figures and the container the measurements go into."""
+"""Modes, figures and the containers the measurements go into.
+
+`Results` holds what `cachefs bench` measures: values per mode and figure.
+`Series` and `Record` are the plainer containers of the scripts in bench/:
+named series of repeated measurements, and the facts beside them.
+"""
 
 from __future__ import annotations
 
@@ -114,3 +119,39 @@ class Results:
         if mine is None or native is None or native.median <= 0:
             return None
         return mine.median / native.median
+
+
+@dataclass
+class Series:
+    """Repeated measurements of one figure, for the scripts in bench/."""
+
+    name: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    @property
+    def low(self) -> float | None:
+        return min(self.values) if self.values else None
+
+    @property
+    def high(self) -> float | None:
+        return max(self.values) if self.values else None
+
+
+@dataclass
+class Record:
+    """A script's series by key, and everything that is not a timing: checks,
+    request counts, daemon log lines (`note` appends to a list per key)."""
+
+    series: dict[str, Series] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, key: str, value: Any) -> None:
+        self.facts.setdefault(key, []).append(value)

@@ -1,4 +1,8 @@
-"""The benchmark's outputs in text: the table printed on stdout and the JSON file."""
+"""The benchmark's outputs in text: the table printed on stdout and the JSON file.
+
+`format_table`, `fmt_number`, `host_info` and `emit_report` serve the scripts
+in bench/ too.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import datetime
 import json
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ def host_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "uid": os.geteuid(),
         "root": os.geteuid() == 0,
     }
     try:
@@ -31,8 +37,10 @@ def host_info() -> dict[str, Any]:
     return info
 
 
-def _number(value: float, figure: Figure) -> str:
-    return f"{value:,.{figure.digits}f}"
+def fmt_number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
 
 
 def _ratio(value: float | None) -> str:
@@ -53,19 +61,20 @@ def table_rows(results: Results) -> list[list[str]]:
                 short = reason if reason and len(reason) <= 16 else "not measured"
                 cells += ["-", "", "", short]
             else:
-                cells += [_number(s.median, figure), _number(s.low, figure), _number(s.high, figure),
+                cells += [fmt_number(s.median, figure.digits), fmt_number(s.low, figure.digits),
+                          fmt_number(s.high, figure.digits),
                           _ratio(results.ratio_to_native(mode, figure)) if mode is not NATIVE else ""]
             rows.append(cells)
             first = False
     return rows
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """First two columns left-aligned, the others right-aligned; a rule under the header."""
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """The first `left` columns left-aligned, the others right-aligned; a rule under the header."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
-    def line(cells: list[str]) -> str:
-        parts = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
@@ -73,7 +82,8 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render(results: Results, title: str) -> str:
     """The table, then what was not measured and why, then notes."""
-    table = format_table(["figure", "mode", "median", "min", "max", "vs native"], table_rows(results))
+    table = format_table(["figure", "mode", "median", "min", "max", "vs native"], table_rows(results),
+                         left=2)
     lines = [title, "", table, ""]
     lines.append("vs native: the mode's median over native's (the cache files read directly); "
                  "for ms and MiB lower is better.")
@@ -115,3 +125,26 @@ def document(results: Results, config: dict[str, Any], started: datetime.datetim
 def write_json(doc: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def emit_report(table: str, report: dict[str, Any], json_path: Path | None) -> None:
+    """A script's end: print the table; write the raw numbers as JSON when asked."""
+    print()
+    print(table)
+    if json_path is not None:
+        write_json(report, json_path)
+        print(f"raw numbers: {json_path}")
+
+
+def script_document(config: dict[str, Any], figures: dict[str, Any],
+                    facts: dict[str, Any]) -> dict[str, Any]:
+    """Everything of a run of a script in bench/, for its JSON file."""
+    return {"config": config, "host": host_info(), "figures": figures, "facts": facts}
+
+
+def load_line(facts: dict[str, Any]) -> str:
+    """The 1-minute load average at a script's start and end (facts
+    loadavg_1m_start and loadavg_1m_end), as its checks print it."""
+    return (f"host:   1-min load average {facts.get('loadavg_1m_start', 0):.2f} at start, "
+            f"{facts.get('loadavg_1m_end', 0):.2f} at end ({os.cpu_count()} CPUs); "
+            "other load makes the figures noisy")

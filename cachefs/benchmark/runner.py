@@ -22,29 +22,21 @@ The daemon's peak RSS (VmHWM) is read at the end of each mount's modes.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cachefs.control.client import ControlError, locate
-from cachefs.kernel.mounting import mounts_under
 
 from .data import FileSet, files_in_mount, generate, make_store
 from .model import (COLD, HOT, NATIVE, OPENED_COLD, RAND, RSS, SEQ, SMALL, TTFB, WARM_DAEMON,
                     WARM_PASSTHROUGH, Mode, Results)
-from .system import (READ_BLOCK, BenchError, KiB, MiB, Mounts, Progress, cache_files,
+from .rig import Rig
+from .system import (READ_BLOCK, BenchError, KiB, MiB, StatusLine, cache_files,
                      can_drop_page_cache, daemon_of, drop_page_cache, evict, first_byte_ms,
-                     is_mounted, passthrough_state, peak_rss_mib, random_offsets,
-                     random_reads_on, random_reads_per_s, read_files, read_whole, sequential_mbps,
-                     sha256_of,
-                     wait_complete)
+                     hash_whole, passthrough_state, peak_rss_mib, random_offsets, random_reads_on,
+                     random_reads_per_s, read_files, read_whole, sequential_mbps, wait_complete)
 
 # In the hot mode a single pass of random reads takes milliseconds: repeat it
 # for at least this long so the timer's resolution does not matter.
@@ -69,7 +61,7 @@ class BenchOptions:
 class Bench:
     """Measures one mode at a time on a FileSet, into `results`."""
 
-    def __init__(self, options: BenchOptions, results: Results, progress: Progress) -> None:
+    def __init__(self, options: BenchOptions, results: Results, progress: StatusLine) -> None:
         self.options = options
         self.results = results
         self.progress = progress
@@ -94,7 +86,7 @@ class Bench:
         """The four read figures of a warm, hot or native mode."""
         big = resolve(files.big)
         small = [resolve(k) for k in files.small]
-        expected = self._expected(files, resolve)
+        expected = files.expected_small(resolve)
         before = self.drop if drop else (lambda: None)
         if hot:
             self.step(mode, "reading everything once into the page cache")
@@ -141,13 +133,13 @@ class Bench:
             self.step(COLD, f"{len(files.small)} small files")
             paths = [mountpoint / k for k in files.small]
             self.results.add(COLD, SMALL,
-                             read_files(paths, self._expected(files, lambda k: mountpoint / k)))
+                             read_files(paths, files.expected_small(lambda k: mountpoint / k)))
 
     def complete(self, mode: Mode, files: FileSet, mountpoint: Path) -> None:
         """Read every file whole so the cache holds them; check the large file's bytes."""
         self.step(mode, "filling the cache (untimed)")
         big = mountpoint / files.big
-        digest = sha256_of(big)
+        _, digest = hash_whole(big)
         if files.expected is not None:
             if digest != files.expected[files.big]:
                 raise BenchError(f"{files.big} read through the mount has the wrong sha256")
@@ -166,32 +158,23 @@ class Bench:
     def rss(self, mode: Mode, mountpoint: Path) -> None:
         self.results.add(mode, RSS, peak_rss_mib(daemon_of(mountpoint).pid))
 
-    def _expected(self, files: FileSet, resolve: Callable[[str], Path]) -> dict[Path, str] | None:
-        if files.expected is None:
-            return None
-        return {resolve(k): files.expected[k] for k in files.small}
-
 
 # -- the built-in default ----------------------------------------------------------
 
 
-def run_default(options: BenchOptions, progress: Progress) -> Results:
+def run_default(options: BenchOptions, progress: StatusLine) -> Results:
     """Generate data, serve it locally, and measure every mode `runs` times."""
     results = Results()
     bench = Bench(options, results, progress)
-    with Cleanup() as stack:
-        work = Path(tempfile.mkdtemp(prefix="cachefs-bench-"))
-        stack.callback(_remove_workdir, work)
-        mounts = Mounts()
-        stack.callback(mounts.unmount_all)
+    with Rig("cachefs-bench-", program="cachefs bench") as rig:
+        work, mounts = rig.workspace.path, rig.mounts
         progress.step(f"generating {options.big_mib} MiB + {options.small_count} x "
                       f"{options.small_kib} KiB in {work}")
         source = work / "store"
         files = generate(source, options.big_mib * MiB, options.small_count,
                          options.small_kib * KiB)
         store, server = make_store(source, work / "server", options.server)
-        stack.callback(store.stop)
-        store.start()
+        rig.serve(store)
         results.facts.update(server=server, source=store.url)
         progress.step(f"serving with {server} at {store.url}")
         mountpoint = work / "mnt"
@@ -226,7 +209,7 @@ def run_default(options: BenchOptions, progress: Progress) -> Results:
             bench.rss(HOT, mountpoint)
             bench.measure(NATIVE, files, bench.native_paths(files, mountpoint), drop=True)
             mounts.unmount(mountpoint)
-            shutil.rmtree(cache, ignore_errors=True)
+            rig.workspace.remove_dir(cache)
     results.skip(NATIVE, RSS, "no daemon")
     _skip_opened_cold(results)
     results.facts["big_size"] = files.big_size
@@ -251,7 +234,7 @@ def _check_passthrough(results: Results, mountpoint: Path) -> None:
 # -- files of an existing mount ------------------------------------------------------
 
 
-def run_on_path(options: BenchOptions, progress: Progress) -> Results:
+def run_on_path(options: BenchOptions, progress: StatusLine) -> Results:
     """Measure the files at `options.path`, inside a running cachefs mount."""
     assert options.path is not None
     try:
@@ -302,33 +285,3 @@ def run_on_path(options: BenchOptions, progress: Progress) -> Results:
         bench.measure(HOT, files, at, drop=False, hot=True)
         bench.measure(NATIVE, files, bench.native_paths(files, mountpoint), drop=True)
     return results
-
-
-# -- cleanup ------------------------------------------------------------------------------
-
-
-class Cleanup(contextlib.ExitStack):
-    """An ExitStack whose callbacks run with Ctrl-C and SIGTERM ignored, so a
-    second interrupt cannot leave a mount or a server behind."""
-
-    def __exit__(self, *exc: object) -> bool:
-        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for sig in saved:
-            signal.signal(sig, signal.SIG_IGN)
-        try:
-            return super().__exit__(*exc)  # type: ignore[arg-type]
-        finally:
-            for sig, handler in saved.items():
-                signal.signal(sig, handler)
-
-
-def _remove_workdir(work: Path) -> None:
-    """Delete the temp dir, never through a mount left inside it: a leftover
-    mount is detached lazily first, and if it still shows, the dir is kept."""
-    left = mounts_under(work)
-    for mountpoint in reversed(left):
-        subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
-    if any(is_mounted(Path(m)) for m in left):
-        print(f"cachefs bench: still mounted under {work}; left it in place", file=sys.stderr)
-        return
-    shutil.rmtree(work, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""What the benchmark does to the machine: page cache, timed reads, mounts,
-daemon memory and the cache's own files.
+"""What a benchmark does to the machine: page cache, timed reads, mounts,
+the daemons behind them (memory, counters, log lines) and the cache's own
+files. `cachefs bench` and the scripts in bench/ both measure with these.
 
 Mounts are made and removed with the real `cachefs` command of this
 interpreter (a subprocess), exactly as a user would; `Mounts.unmount_all`
@@ -12,17 +13,21 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from types import FrameType
+from typing import Any, ParamSpec, TextIO, TypeVar
 
 from cachefs.kernel import mounting
-from cachefs.runtime import running_mounts
+from cachefs.runtime import NotRunning, holder_of_mount
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -35,6 +40,12 @@ STATS_XATTR = "user.cachefs.stats"
 MOUNT_TIMEOUT_S = 120.0
 UMOUNT_TIMEOUT_S = 90.0
 COMPLETE_TIMEOUT_S = 60.0
+
+# Lines of a daemon log worth reporting.
+_LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
@@ -59,14 +70,39 @@ def drop_page_cache() -> bool:
     return True
 
 
-def read_whole(path: Path, buf: bytearray) -> int:
-    """Read `path` start to end in READ_BLOCK reads, like `dd bs=1M`."""
-    view = memoryview(buf)
+def read_whole(path: Path, buf: bytearray | None = None) -> int:
+    """Read `path` start to end in READ_BLOCK reads, like `dd bs=1M`; return the byte count."""
+    view = memoryview(buf if buf is not None else bytearray(READ_BLOCK))
     total = 0
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(view):
             total += n
     return total
+
+
+def hash_whole(path: Path) -> tuple[int, str]:
+    """Read `path` like read_whole, hashing it; return (bytes, sha256 hex)."""
+    digest = hashlib.sha256()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(READ_BLOCK):
+            digest.update(block)
+            total += len(block)
+    return total, digest.hexdigest()
+
+
+def make_hot(paths: Iterable[Path]) -> None:
+    """Read files once so that they sit in the page cache."""
+    buf = bytearray(READ_BLOCK)
+    for path in paths:
+        read_whole(path, buf)
+
+
+def timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[float, T]:
+    """Run fn(*args, **kwargs); return (seconds it took, its result)."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
 
 
 def sequential_mbps(path: Path, size: int, buf: bytearray) -> float:
@@ -112,51 +148,60 @@ def random_reads_per_s(path: Path, offsets: list[int], min_seconds: float = 0.0)
         os.close(fd)
 
 
-def random_reads_on(fd: int, offsets: list[int], min_seconds: float = 0.0) -> float:
-    """`random_reads_per_s` through a handle the caller opened."""
+def random_reads_on(fd: int, offsets: list[int], min_seconds: float = 0.0,
+                    expect: bytes | None = None) -> float:
+    """`random_reads_per_s` through a handle the caller opened. With `expect`
+    (the file's whole content) every read's bytes are checked against it."""
     pread, done = os.pread, 0
     start = time.perf_counter()
     while True:
-        for off in offsets:
-            pread(fd, RAND_BLOCK, off)
+        if expect is None:
+            for off in offsets:
+                pread(fd, RAND_BLOCK, off)
+        else:
+            for off in offsets:
+                if pread(fd, RAND_BLOCK, off) != expect[off:off + RAND_BLOCK]:
+                    raise BenchError(f"wrong bytes at {off}")
         done += len(offsets)
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return done / elapsed
 
 
-def read_files(paths: list[Path], expected: dict[Path, str] | None = None) -> float:
-    """Open, read and close every file in order; return files/s.
+def read_files(paths: list[Path], expected: dict[Path, str] | None = None,
+               readers: int = 1) -> float:
+    """Open, read and close every file in order (with `readers` > 1, that many
+    threads take them in turn); return files/s.
 
     With `expected` (path -> sha256) every file's bytes are checked too; the
     hash of a small file costs little next to its open and read.
     """
-    wrong: list[Path] = []
-    start = time.perf_counter()
-    for path in paths:
+
+    def read_right(path: Path) -> bool:
         with open(path, "rb", buffering=0) as f:
             data = f.read()
-        if expected is not None and hashlib.sha256(data).hexdigest() != expected[path]:
-            wrong.append(path)
+        return expected is None or hashlib.sha256(data).hexdigest() == expected[path]
+
+    start = time.perf_counter()
+    if readers == 1:
+        right = [read_right(path) for path in paths]
+    else:
+        with ThreadPoolExecutor(readers) as pool:
+            right = list(pool.map(read_right, paths))
     seconds = time.perf_counter() - start
+    wrong = [path for path, ok in zip(paths, right) if not ok]
     if wrong:
         raise BenchError(f"{len(wrong)} files read back wrong, e.g. {wrong[0]}")
     return len(paths) / seconds
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_state(path: Path) -> str:
+    """The file's state as its daemon tells it (absent, partial BYTES/SIZE,
+    complete, passthrough opens=N), or why it cannot be read."""
     try:
         return os.getxattr(path, STATE_XATTR).decode()
-    except OSError:
-        return "absent"
+    except OSError as e:
+        return f"unavailable ({e.strerror})"
 
 
 def wait_complete(paths: list[Path]) -> None:
@@ -168,6 +213,18 @@ def wait_complete(paths: list[Path]) -> None:
                 raise BenchError(f"{path} not complete in the cache after a full read "
                                  f"({cache_state(path)})")
             time.sleep(0.05)
+
+
+# -- signals -------------------------------------------------------------------
+
+
+def sigterm_as_interrupt() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so every `finally` cleans up."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 # -- the cachefs command and its mounts -----------------------------------------
@@ -209,6 +266,11 @@ def is_mounted(path: Path) -> bool:
     return mounting.is_mounted(os.path.realpath(path))
 
 
+def lazy_unmount(path: Path) -> None:
+    """Last resort: detach the mount now; its daemon exits once it is idle."""
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
 @dataclass
 class Mounts:
     """cachefs mounts made by the benchmark."""
@@ -234,7 +296,7 @@ class Mounts:
         except subprocess.TimeoutExpired:
             failed, reason = True, "timed out"
         if failed:
-            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
+            lazy_unmount(mountpoint)
             raise BenchError(f"cachefs umount {mountpoint} failed ({reason}); detached it lazily")
 
     def unmount_all(self) -> None:
@@ -257,11 +319,11 @@ class Daemon:
 
 
 def daemon_of(mountpoint: Path) -> Daemon:
-    target = os.path.realpath(mountpoint)
-    for holder in running_mounts():
-        if holder.mountpoint == target:
-            return Daemon(holder.mountpoint, holder.pid, Path(holder.cache_dir), holder.source)
-    raise BenchError(f"no running cachefs daemon found for {target}")
+    try:
+        holder = holder_of_mount(os.path.realpath(mountpoint))
+    except NotRunning as e:
+        raise BenchError(str(e)) from None
+    return Daemon(holder.mountpoint, holder.pid, Path(holder.cache_dir), holder.source)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -276,13 +338,32 @@ def peak_rss_mib(pid: int) -> float:
     raise BenchError(f"/proc/{pid}/status has no VmHWM")
 
 
+def daemon_stats(mountpoint: Path) -> dict[str, Any]:
+    """The daemon's counters (fuse_reads, opens by mode, passthrough...), from
+    the user.cachefs.stats xattr of the mount's root."""
+    return json.loads(os.getxattr(mountpoint, STATS_XATTR))
+
+
 def passthrough_state(mountpoint: Path) -> tuple[bool | None, str]:
     """Whether the mount's daemon has passthrough on, and why not (None: unknown)."""
     try:
-        stats = json.loads(os.getxattr(mountpoint, STATS_XATTR))
+        stats = daemon_stats(mountpoint)
         return bool(stats["passthrough"]), str(stats.get("passthrough_reason", ""))
     except (OSError, ValueError, KeyError, TypeError):
         return None, "the daemon does not say"
+
+
+def daemon_log_problems(cache_dir: Path, limit: int = 20) -> list[str]:
+    """Warning, error and traceback lines of every daemon log in `cache_dir`."""
+    problems: list[str] = []
+    for log in sorted(cache_dir.glob("*/daemon.log")):
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if _LOG_PROBLEM.search(line):
+                    problems.append(line.rstrip())
+                    if len(problems) >= limit:
+                        return problems
+    return problems
 
 
 def evict(paths: list[Path]) -> None:
@@ -317,10 +398,23 @@ def cache_files(folder: Path, keys: list[str]) -> dict[str, Path]:
         conn.close()
 
 
+def wait_cache_file(mountpoint: Path, key: str) -> Path:
+    """The data file of `key` in the cache of the mount, once the cache records
+    it complete (the daemon may take a moment after a full read)."""
+    folder = daemon_of(mountpoint).folder
+    deadline = time.monotonic() + COMPLETE_TIMEOUT_S
+    while not (found := cache_files(folder, [key])):
+        if time.monotonic() > deadline:
+            raise BenchError(f"{key} not recorded complete in the cache "
+                             f"{COMPLETE_TIMEOUT_S:.0f} s after a full read")
+        time.sleep(0.1)
+    return found[key]
+
+
 # -- progress ---------------------------------------------------------------------
 
 
-class Progress:
+class StatusLine:
     """One line per step on stderr; on a terminal, a single line redrawn in place."""
 
     def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -109,6 +109,19 @@ def _object_row(row: tuple) -> ObjectRow:
     return ObjectRow(*row[:8], complete=bool(row[8]), validator=row[9])
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Recorded cache contents: only durable chunks count (see `journal`)."""
+
+    bytes_cached: int
+    objects_complete: int
+    objects_partial: int  # some bytes recorded, not all
+    pinned: int  # pinned paths (`cachefs prefetch --pin`)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 def _connect(path: Path, *, check_same_thread: bool, timeout: float = BUSY_TIMEOUT_S) -> Database:
     conn = sqlite3.connect(path, check_same_thread=check_same_thread, timeout=timeout)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -124,6 +137,59 @@ def _finish_listing(db: Database, listing_id: int, path: str) -> tuple[int, list
     db.conn.execute("UPDATE dir_listings SET state = 2 WHERE path = ? AND state = 1", (path,))
     db.conn.execute("UPDATE dir_listings SET state = 1, entries = ? WHERE id = ?", (count, listing_id))
     return int(count), old
+
+
+class OfflineDB:
+    """A source folder's database as offline tools (fsck) see it, while they
+    hold the folder's lock or only read: plain sqlite3, never migrated, so a
+    check changes nothing a daemon of another version relies on."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise sqlite3.DatabaseError("no database")
+        self._conn = sqlite3.connect(path, timeout=30)
+        self._conn.execute("PRAGMA foreign_keys=ON")
+
+    def __enter__(self) -> OfflineDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.close()
+
+    def quick_check(self) -> str:
+        """SQLite's verdict on the file: "ok", or what is wrong."""
+        return self._conn.execute("PRAGMA quick_check").fetchone()[0]
+
+    def objects(self) -> list[ObjectRow]:
+        """Every object row; validators are None in a database no daemon of
+        this version has migrated yet."""
+        columns = {c[1] for c in self._conn.execute("PRAGMA table_info(objects)")}
+        select = _OBJECT_COLUMNS if "validator" in columns else _OBJECT_COLUMNS.replace("validator", "NULL")
+        return [_object_row(r) for r in self._conn.execute(f"SELECT {select} FROM objects")]
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """(object id, chunk index) of every chunk row."""
+        return self._conn.execute("SELECT object_id, idx FROM chunks").fetchall()
+
+    def source(self) -> str | None:
+        """The source the folder caches, as the daemon recorded it."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'source'").fetchone()
+        return row[0] if row else None
+
+    def repair(self, drop_objects: Iterable[int], drop_chunks: dict[int, set[int]],
+               recount: dict[int, tuple[int, bool]]) -> None:
+        """In one transaction: delete objects and their chunks, delete single
+        chunks, and set the (bytes_cached, complete) of objects."""
+        with self._conn:
+            for object_id in drop_objects:
+                self._conn.execute("DELETE FROM chunks WHERE object_id = ?", (object_id,))
+                self._conn.execute("DELETE FROM objects WHERE id = ?", (object_id,))
+            for object_id, idxs in drop_chunks.items():
+                self._conn.executemany("DELETE FROM chunks WHERE object_id = ? AND idx = ?",
+                                       [(object_id, i) for i in idxs])
+            for object_id, (bytes_cached, complete) in recount.items():
+                self._conn.execute("UPDATE objects SET bytes_cached = ?, complete = ? WHERE id = ?",
+                                   (bytes_cached, int(complete), object_id))
 
 
 class CacheDB:
@@ -235,6 +301,19 @@ class CacheDB:
     def bytes_cached(self) -> int:
         return self._read(lambda: self._reader.conn.execute(
             "SELECT COALESCE(SUM(bytes_cached), 0) FROM objects").fetchone()[0], 0)
+
+    def usage(self) -> Usage:
+        """Bytes and objects recorded, and the number of pins, for a status
+        request: one pass over the objects table on the reader."""
+        conn = self._reader.conn
+        total, complete, partial = conn.execute(
+            "SELECT COALESCE(SUM(bytes_cached), 0),"
+            " COALESCE(SUM(complete != 0), 0),"
+            " COALESCE(SUM(complete = 0 AND bytes_cached > 0), 0)"
+            " FROM objects"
+        ).fetchone()
+        (pinned,) = conn.execute("SELECT COUNT(*) FROM pins").fetchone()
+        return Usage(int(total), int(complete), int(partial), int(pinned))
 
     def eviction_candidates(self, limit: int) -> list[ObjectRow]:
         """Cached objects not pinned, least recently opened first."""

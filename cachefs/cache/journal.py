@@ -24,7 +24,6 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import NamedTuple
 
 import trio
@@ -32,6 +31,7 @@ from sqlite_utils import Database
 
 from .db import CacheDB, ChunkRecord, StateLost
 from .objects import CachedObject
+from .table import ObjectTable
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 BATCH_SECONDS = 0.1
 
 
-class Entry(NamedTuple):
+class QueuedChunk(NamedTuple):
     """A chunk written to its data file, waiting to be made durable."""
 
     obj: CachedObject
@@ -50,10 +50,10 @@ class Entry(NamedTuple):
 class Journal:
     """Queues (object, chunk) pairs and flushes them from one task."""
 
-    def __init__(self, db: CacheDB, release: Callable[[CachedObject], None]) -> None:
+    def __init__(self, db: CacheDB, objects: ObjectTable) -> None:
         self._db = db
-        self._release = release  # drops the use each queued chunk holds
-        self._pending: list[Entry] = []
+        self._objects = objects  # each queued chunk holds a use of its object
+        self._pending: list[QueuedChunk] = []
         self._opened: dict[CachedObject, float] = {}  # last open time, for LRU
         self._held: Counter[CachedObject] = Counter()  # uses held by queued or flushing chunks
         self._wakeup = trio.Event()
@@ -64,9 +64,9 @@ class Journal:
     def add(self, obj: CachedObject, idx: int, uncache: bool = False) -> None:
         """Queue chunk `idx` of `obj`, which is in its data file; `uncache`:
         drop its pages once durable (module docstring)."""
-        obj.uses += 1
+        self._objects.retain(obj)
         self._held[obj] += 1
-        self._pending.append(Entry(obj, idx, uncache))
+        self._pending.append(QueuedChunk(obj, idx, uncache))
         self._wakeup.set()
 
     def holding(self, obj: CachedObject) -> int:
@@ -133,7 +133,7 @@ class Journal:
                 try:
                     failed = await trio.to_thread.run_sync(self._sync_files, batch)
                     durable = self._forget_unsynced(batch, failed) if failed else batch
-                    durable = [entry for entry in durable if not entry.obj.detached]
+                    durable = [queued for queued in durable if not queued.obj.detached]
                     new_ids = await self._db.write(lambda db: self._record(db, durable)) if durable else {}
                     # Only now, after the commit, do the new rows exist.
                     for obj, object_id in new_ids.items():
@@ -154,10 +154,10 @@ class Journal:
                 self._held[obj] -= 1
                 if not self._held[obj]:
                     del self._held[obj]
-                self._release(obj)
+                self._objects.release(obj)
 
     @staticmethod
-    def _sync_files(batch: list[Entry]) -> set[CachedObject]:
+    def _sync_files(batch: list[QueuedChunk]) -> set[CachedObject]:
         """fdatasync each object's file once; return those that failed.
 
         Then the page cache copies of synced streamed chunks are dropped
@@ -181,15 +181,15 @@ class Journal:
         return failed
 
     @staticmethod
-    def _forget_unsynced(batch: list[Entry], failed: set[CachedObject]) -> list[Entry]:
+    def _forget_unsynced(batch: list[QueuedChunk], failed: set[CachedObject]) -> list[QueuedChunk]:
         """Chunks whose write-back failed may read back wrong: fetch them again."""
-        for entry in batch:
-            if entry.obj in failed:
-                entry.obj.present.discard(entry.idx)
-        return [entry for entry in batch if entry.obj not in failed]
+        for queued in batch:
+            if queued.obj in failed:
+                queued.obj.present.discard(queued.idx)
+        return [queued for queued in batch if queued.obj not in failed]
 
     @staticmethod
-    def _record(db: Database, batch: list[Entry]) -> dict[CachedObject, int]:
+    def _record(db: Database, batch: list[QueuedChunk]) -> dict[CachedObject, int]:
         """On the writer thread, in one transaction: rows for new objects, then
         chunks. Returns the ids of the new object rows."""
         new_ids: dict[CachedObject, int] = {}
@@ -197,7 +197,7 @@ class Journal:
         records = []
         for obj, idx, _ in batch:
             if obj.stale:
-                # The remote changed under it; Cache.discard drops what it has.
+                # The remote changed under it; the cache drops what it has.
                 continue
             validator = obj.pin.validator if obj.pin is not None else None
             # Objects get their row at their first flush, not at open, so a

@@ -96,14 +96,11 @@ class CachedObject:
     # Chunks streamed into the file, whose pages the journal drops once
     # durable; reads of them from disk do not fill the page cache again.
     streamed: set[int] = field(default_factory=set)
-    # Open handles, running fetches and unflushed chunks each hold a use;
-    # the data file is closed when the last one goes.
-    uses: int = 0
     # The remote version every byte of the data file comes from; its
     # validator is set by the first answer when the file holds nothing yet.
     pin: Pin | None = None
     # The remote changed under it: no longer found by new opens, and its
-    # record and file are being dropped (Cache.discard).
+    # record and file are being dropped (`Cache._discard`).
     stale: bool = False
 
     def __post_init__(self) -> None:

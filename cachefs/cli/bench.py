@@ -12,13 +12,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
-
-from cachefs.benchmark.system import BenchError, Progress
 
 from .argtypes import whole_number
 
@@ -61,10 +57,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_bench)
 
 
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _title(options: BenchOptions, results: Results) -> str:
     runs = f"median of {options.runs} run{'s' if options.runs > 1 else ''} (min, max)"
     facts = results.facts
@@ -76,16 +68,18 @@ def _title(options: BenchOptions, results: Results) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # Here, not at the top: every other command would load the benchmark too.
     from cachefs.benchmark import chart, report
     from cachefs.benchmark.runner import BenchOptions, run_default, run_on_path
+    from cachefs.benchmark.system import BenchError, StatusLine, sigterm_as_interrupt
 
     options = BenchOptions(
         path=args.path, big_mib=args.big_size, small_count=args.small_count,
         small_kib=args.small_size, runs=args.runs, rand_count=args.rand_count, seed=args.seed,
         allow_evict=args.evict, server=args.server,
     )
-    progress = Progress(quiet=args.quiet)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    progress = StatusLine(quiet=args.quiet)
+    sigterm_as_interrupt()
     started = datetime.datetime.now().astimezone()
     load_start = os.getloadavg()[0]
     try:

@@ -19,16 +19,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from cachefs.cache.folders import FolderBusy, folder_lock, remove_folder, source_folders
-from cachefs.maint.fsck import (
-    FolderReport,
-    FolderState,
-    check_folder,
-    recorded_source,
-    source_of,
-)
-from cachefs.cache.store import default_cache_dir
+from cachefs.cache import FolderBusy, default_cache_dir, folder_lock, remove_folder, source_folders
 from cachefs.control.client import ControlError, request
+from cachefs.maint.records import FolderReport, FolderState
 from cachefs.runtime import Holder, NotRunning, holder_of_folder, holder_of_mount, running_mounts
 
 from .errors import UserError
@@ -131,6 +124,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _fsck_one(folder: Path, args: argparse.Namespace) -> FolderReport:
+    # Here, not at the top: the check needs SQLite, and --verify-remote trio
+    # and httpx, which no other command of this module does.
+    from cachefs.maint.fsck import check_folder, recorded_source, source_of
+
     source = None
     if args.verify_remote:
         source = recorded_source(folder) or source_of(folder, args.source or [])

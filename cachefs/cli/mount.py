@@ -19,19 +19,16 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from cachefs.cache import CacheDirError, default_cache_dir
-from cachefs.cache.fetcher import CHUNK_SIZE
-from cachefs.cache.store import DEFAULT_MIN_FREE, prepare_dir
-from cachefs.daemon import MountConfig, run_daemon, setup_logging
+from cachefs.cache import CHUNK_SIZE, DEFAULT_MIN_FREE, CacheDirError, default_cache_dir, prepare_dir
+from cachefs.daemon.config import MountConfig
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
-from cachefs.remote import S3Options
-from cachefs.remote.http.client import (
+from cachefs.remote import REGISTRY
+from cachefs.remote.limits import (
     DEFAULT_MAX_LISTING_BYTES,
     DEFAULT_MIN_RATE,
     DEFAULT_REQUEST_TIMEOUT_S,
 )
-from cachefs.remote.s3.address import is_s3_source
 from cachefs.runtime import daemon_alive, state_file
 
 from . import argtypes
@@ -79,13 +76,12 @@ def daemon_environ(source: str, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment a daemon serving `source` starts with.
 
     Only an s3:// source needs AWS credentials; a daemon of any other kind
-    would keep them readable in /proc/PID/environ for as long as it runs.
+    would keep them readable in /proc/PID/environ for as long as it runs
+    (each remote type names the variables that are its own).
     The environment has to be left out at exec: removing a variable later
     does not erase it from the process's initial environment block.
     """
-    if is_s3_source(source):
-        return dict(environ)
-    return {k: v for k, v in environ.items() if not k.upper().startswith("AWS_")}
+    return REGISTRY.environ_for(source, environ)
 
 
 def _daemonize(config: MountConfig, log_level: str) -> int:
@@ -206,7 +202,30 @@ def cmd_mount(args: argparse.Namespace) -> int:
         prepare_dir(cache_dir)
     except CacheDirError as e:
         raise UserError(str(e)) from None
-    config = MountConfig(
+    config = mount_config(args, mountpoint, cache_dir)
+    if args.foreground:
+        # Best effort: this process's initial environment block keeps them.
+        for name in set(os.environ) - set(daemon_environ(config.source, os.environ)):
+            del os.environ[name]
+        os.umask(0o077)
+        from cachefs.daemon import run_daemon, setup_logging  # the whole daemon: only here
+
+        setup_logging(args.log_level, sys.stderr)
+        return run_daemon(config, None, lambda error: print(f"cachefs: {one_line(error)}", file=sys.stderr))
+    return _daemonize(config, args.log_level)
+
+
+def mount_config(args: argparse.Namespace, mountpoint: str, cache_dir: Path) -> MountConfig:
+    """The daemon's configuration from `cachefs mount`'s arguments.
+
+    The source's remote type takes its own options from `args`; another
+    type's options are refused (UserError), as is a source of no known type.
+    """
+    try:
+        remote_options = REGISTRY.options_from_args(args.source, args)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return MountConfig(
         source=args.source,
         mountpoint=mountpoint,
         cache_dir=cache_dir.resolve(),
@@ -220,22 +239,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         min_rate=args.min_rate,
         max_listing_size=args.max_listing_size,
         startup_timeout=READY_TIMEOUT - STARTUP_MARGIN if READY_TIMEOUT > STARTUP_MARGIN else None,
-        s3=S3Options(
-            endpoint_url=args.endpoint_url,
-            region=args.region,
-            profile=args.profile,
-            no_sign_request=args.no_sign_request,
-            force_path_style=args.force_path_style,
-        ),
+        remote_options=remote_options,
     )
-    if args.foreground:
-        # Best effort: this process's initial environment block keeps them.
-        for name in set(os.environ) - set(daemon_environ(config.source, os.environ)):
-            del os.environ[name]
-        os.umask(0o077)
-        setup_logging(args.log_level, sys.stderr)
-        return run_daemon(config, None, lambda error: print(f"cachefs: {one_line(error)}", file=sys.stderr))
-    return _daemonize(config, args.log_level)
 
 
 # --- umount ------------------------------------------------------------------
@@ -272,7 +277,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("mount", help="mount a remote store read-only")
-    m.add_argument("source", help="http(s):// URL of a directory index, or s3://BUCKET[/PREFIX]")
+    m.add_argument("source", help=REGISTRY.source_help())
     m.add_argument("mountpoint")
     m.add_argument("--cache-dir", help=f"cache directory (default {default_cache_dir()})")
     m.add_argument("--metadata-ttl", type=argtypes.seconds, default=60.0, metavar="SECONDS",
@@ -301,16 +306,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="serve complete files from the daemon (page cache) instead of the kernel")
     m.add_argument("--allow-non-empty", action="store_true", help="mount over a non-empty directory")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s3 = m.add_argument_group("s3:// sources", "credentials come from the standard AWS chain: "
-                              "environment, shared credentials and config files, profiles")
-    s3.add_argument("--endpoint-url", metavar="URL",
-                    help="an S3-compatible service instead of AWS (e.g. http://127.0.0.1:9000)")
-    s3.add_argument("--region", help="the bucket's region (default: the profile's, else us-east-1)")
-    s3.add_argument("--profile", help="a profile from the AWS config and credentials files")
-    s3.add_argument("--no-sign-request", action="store_true",
-                    help="send requests unsigned, for public buckets")
-    s3.add_argument("--force-path-style", action="store_true",
-                    help="address the bucket as ENDPOINT/BUCKET rather than BUCKET.ENDPOINT")
+    # One group of options per remote type (s3:// sources: --endpoint-url...).
+    REGISTRY.add_arguments(m)
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount and wait for the daemon to finish")

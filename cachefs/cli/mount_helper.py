@@ -26,6 +26,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cachefs.remote import REGISTRY
+
 from . import argtypes
 
 PROG = "mount.fuse.cachefs"
@@ -57,27 +59,36 @@ class _Valued:
     shown: bool = True
 
 
-# fstab option -> `cachefs mount` option taking a value.
+# fstab option -> `cachefs mount` option taking a value (`valued()` adds those
+# of the remote types).
 VALUED: dict[str, _Valued] = {
     "cache_dir": _Valued("--cache-dir"),
     "cache_size": _Valued("--cache-size", argtypes.size),
     "min_free": _Valued("--min-free", argtypes.size),
     "metadata_ttl": _Valued("--metadata-ttl", argtypes.seconds),
     "proxy": _Valued("--proxy", shown=False),
-    "endpoint_url": _Valued("--endpoint-url", shown=False),
-    "region": _Valued("--region"),
-    "profile": _Valued("--profile"),
     "log_level": _Valued("--log-level", _level),
 }
 
-# fstab flag -> `cachefs mount` flag.
+# fstab flag -> `cachefs mount` flag (`flags()` adds those of the remote types).
 FLAGS: dict[str, str] = {
     "allow_other": "--allow-other",
     "allow_non_empty": "--allow-non-empty",
     "no_passthrough": "--no-passthrough",
-    "no_sign_request": "--no-sign-request",
-    "force_path_style": "--force-path-style",
 }
+
+
+def valued() -> dict[str, _Valued]:
+    """VALUED and each remote type's options that take a value
+    (`endpoint_url=` is `--endpoint-url`): the fstab name is the field's."""
+    return {**VALUED, **{cli.name: _Valued(cli.flag, cli.type or _nonempty, cli.shown)
+                         for cli in REGISTRY.cli_options() if not cli.is_flag}}
+
+
+def flags() -> dict[str, str]:
+    """FLAGS and each remote type's flags (`no_sign_request` is `--no-sign-request`)."""
+    return {**FLAGS, **{cli.name: cli.flag for cli in REGISTRY.cli_options() if cli.is_flag}}
+
 
 # Options mount(8), fstab and systemd use for themselves, and the generic
 # VFS flags (cachefs always mounts read-only, nosuid, nodev): accepted and
@@ -127,28 +138,31 @@ def translate(options: list[str], *, sloppy: bool = False) -> list[str]:
 
     `sloppy` (mount -s) ignores unknown options instead of refusing them."""
     args: list[str] = []
+    valued_options, flag_options = valued(), flags()
     for option in options:
         key, has_value, raw = option.partition("=")
         value = _unquote(raw)
         if _ignored(key):
             continue
-        if key in FLAGS:
+        if key in flag_options:
             if has_value:
                 raise OptionError(f"option {key} takes no value")
-            args.append(FLAGS[key])
-        elif key in VALUED:
-            spec = VALUED[key]
+            args.append(flag_options[key])
+        elif key in valued_options:
+            spec = valued_options[key]
             if not has_value:
                 raise OptionError(f"option {key} needs a value ({key}=...)")
             try:
                 spec.check(value)
             except argparse.ArgumentTypeError as e:
                 raise OptionError(f"option {key}: {e}" if spec.shown else f"option {key}: bad value") from None
+            except (TypeError, ValueError):  # as argparse: a type's own error says too little
+                raise OptionError(f"option {key}: bad value") from None
             # --flag=VALUE: a value starting with '-' stays a value.
             args.append(f"{spec.flag}={value}")
         elif not sloppy:
             raise OptionError(f"unknown option {key!r} (cachefs options: "
-                              f"{', '.join([*VALUED, *FLAGS])})")
+                              f"{', '.join([*valued_options, *flag_options])})")
     return args
 
 

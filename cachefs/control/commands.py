@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from cachefs.cache.usage import usage
 from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import DEFAULT_JOBS, Prefetcher
 
@@ -55,7 +54,7 @@ class Commands:
     async def unpin(self, request: dict) -> AsyncIterator[dict]:
         count = 0
         for path in _paths(request):
-            count += await self._fs.cache.db.unpin(path)
+            count += await self._fs.cache.unpin(path)
         yield {"unpinned": count}
 
     async def stats(self, request: dict) -> AsyncIterator[dict]:
@@ -64,19 +63,15 @@ class Commands:
     async def status(self, request: dict) -> AsyncIterator[dict]:
         """The daemon's counters and the cache's figures, for `cachefs status`."""
         cache = self._fs.cache
-        evictor = getattr(cache, "evictor", None)
-        stats = self._fs.stats.as_dict()
-        # Counters that newer daemons keep; older ones get what we can tell.
-        stats.setdefault("bytes_fetched", cache.fetcher.bytes_fetched)
+        figures = cache.stats()
         yield {
-            "source": cache.remote.source,
-            "cache_dir": str(cache.root),
-            "stats": stats,
+            "source": cache.source,
+            "cache_dir": str(cache.folder),
+            "stats": {**self._fs.stats.as_dict(), "bytes_fetched": figures.bytes_fetched},
             "cache": {
-                **usage(cache.db).as_dict(),
-                # The limits live on the evictor; read them wherever they are.
-                "cap_bytes": getattr(cache, "cap_bytes", getattr(evictor, "cap_bytes", None)),
-                "min_free_bytes": getattr(cache, "min_free_bytes", getattr(evictor, "min_free_bytes", 0)),
+                **cache.usage().as_dict(),
+                "cap_bytes": figures.cap_bytes,
+                "min_free_bytes": figures.min_free_bytes,
             },
         }
 

@@ -10,7 +10,8 @@ from cachefs.runtime import state_file
 
 from . import sdnotify
 from .log import log_to_file
-from .serve import MountConfig, StartupError, serve
+from .config import MountConfig
+from .serve import StartupError, serve
 
 log = logging.getLogger("cachefs")
 

@@ -8,34 +8,36 @@ or a one-line reason why the mount could not be made.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
 
-from cachefs.cache import Cache, CacheBusy, CacheDirError
-from cachefs.cache.store import DEFAULT_MIN_FREE
-from cachefs.cache.db import CorruptDatabase
+from cachefs.cache import (
+    Cache,
+    CacheBusy,
+    CacheConfig,
+    CacheDirError,
+    CorruptDatabase,
+    open_cache,
+)
 from cachefs.control import server as control_server
 from cachefs.control.commands import Commands
 from cachefs.fs import Filesystem
 from cachefs.fs.prefetch import Prefetcher
 from cachefs.kernel import MountError, MountOptions, Session, find_mount, mount, unmount
 from cachefs.kernel.mounting import FSTYPE, set_read_ahead
-from cachefs.remote import NotFound, RemoteError, RequestLimits, S3Options, open_remote
+from cachefs.remote import NotFound, RemoteError
 from cachefs.remote.health import WatchedRemote
+from cachefs.remote.record import write_record
 from cachefs.runtime import Holder, RuntimeDirError, prepare_runtime_dir, state_file, write_state
-from cachefs.remote.http.client import (
-    DEFAULT_MAX_LISTING_BYTES,
-    DEFAULT_MIN_RATE,
-    DEFAULT_REQUEST_TIMEOUT_S,
-)
+
+from .config import MountConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,38 +49,6 @@ READ_AHEAD_KIB = 8 * 1024
 Ready = Callable[[str | None, str | None], None]
 
 
-@dataclass(frozen=True)
-class MountConfig:
-    source: str
-    mountpoint: str
-    cache_dir: Path
-    metadata_ttl: float = 60.0
-    cap_bytes: int | None = None
-    min_free_bytes: int = DEFAULT_MIN_FREE
-    proxy: str | None = None
-    allow_other: bool = False
-    passthrough: bool = True
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
-    min_rate: int = DEFAULT_MIN_RATE
-    max_listing_size: int = DEFAULT_MAX_LISTING_BYTES
-    # The daemon gives up on a source that has not answered after this long
-    # (None: never). `cachefs mount` sets it a little below its own wait, so
-    # that it can report why, and no daemon stays whose mount it reported failed.
-    startup_timeout: float | None = None
-    # Endpoint, region, profile... for s3:// sources; must stay default otherwise.
-    s3: S3Options = S3Options()
-
-    def to_dict(self) -> dict:
-        """Plain data, to hand the configuration to a detached daemon."""
-        d = dataclasses.asdict(self)
-        d["cache_dir"] = str(self.cache_dir)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MountConfig":
-        return cls(**{**d, "cache_dir": Path(d["cache_dir"]), "s3": S3Options(**d["s3"])})
-
-
 class StartupError(Exception):
     """The mount cannot be made; the message says why, in one line."""
 
@@ -87,7 +57,7 @@ async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
     """Check the source; returns a warning when only the cache can serve it."""
     # Listing the root through the filesystem both checks the source and
     # warms the listing the first lookup needs.
-    source = fs.cache.remote.source
+    source = remote.source
     try:
         await fs.listings.get("")
     except RemoteError as e:
@@ -107,51 +77,48 @@ async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
 async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
     """Mount and serve until unmounted. Raises StartupError before ready."""
     try:
-        limits = RequestLimits(config.request_timeout, config.min_rate, config.max_listing_size)
-        remote = WatchedRemote(open_remote(config.source, proxy=config.proxy, s3=config.s3, limits=limits))
+        remote = WatchedRemote(config.open_remote())
     except ValueError as e:
         raise StartupError(str(e)) from None
     try:
-        try:
-            cache = Cache(config.cache_dir, remote, cap_bytes=config.cap_bytes,
-                          min_free_bytes=config.min_free_bytes)
-        except (CacheBusy, CacheDirError, CorruptDatabase) as e:
-            raise StartupError(str(e)) from None
-        if log_path is not None:
-            log_path(cache.root / "daemon.log")
-        try:
-            await _serve_mounted(config, cache, ready)
-        except StartupError:
-            # Nothing was served: a folder made for this mount only would
-            # be left empty (the reason goes to the user, not the log).
-            cache.close()
-            cache.discard_new()
-            raise
-        except BaseException:
-            cache.close()
-            raise
-        cache.close()
+        async with AsyncExitStack() as stack:
+            try:
+                cache = await stack.enter_async_context(open_cache(
+                    CacheConfig(config.cache_dir, cap_bytes=config.cap_bytes, min_free_bytes=config.min_free_bytes),
+                    remote))
+            except (CacheBusy, CacheDirError, CorruptDatabase) as e:
+                raise StartupError(str(e)) from None
+            if log_path is not None:
+                log_path(cache.folder / "daemon.log")
+            try:
+                await _serve_mounted(config, cache, remote, ready)
+            except StartupError:
+                # Nothing was served: a folder made for this mount only would
+                # be left empty (the reason goes to the user, not the log).
+                cache.remove_when_closed()
+                raise
     finally:
         with trio.CancelScope(shield=True):
             await remote.aclose()
 
 
-async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> None:
+async def _serve_mounted(config: MountConfig, cache: Cache, remote: WatchedRemote, ready: Ready) -> None:
     # Before mounting: a failure here must leave nothing mounted.
     try:
         prepare_runtime_dir()
     except RuntimeDirError as e:
         raise StartupError(str(e)) from None
-    fs = Filesystem(cache, config.metadata_ttl, passthrough=config.passthrough)
-    assert isinstance(cache.remote, WatchedRemote)
+    fs = Filesystem(cache, remote, config.metadata_ttl, passthrough=config.passthrough)
     limit = math.inf if config.startup_timeout is None else config.startup_timeout
     with trio.move_on_after(limit) as startup:
-        warning = await _check_remote(fs, cache.remote)
+        warning = await _check_remote(fs, remote)
     if startup.cancelled_caught:
-        raise StartupError(f"{cache.remote.source} did not answer within {limit:g} s")
+        raise StartupError(f"{remote.source} did not answer within {limit:g} s")
+    if warning is None:
+        _record_remote(config, cache.folder)
     try:
         # The remote's own source string: credentials given in the URL stay out.
-        fd = mount(config.mountpoint, MountOptions(source=cache.remote.source, allow_other=config.allow_other))
+        fd = mount(config.mountpoint, MountOptions(source=remote.source, allow_other=config.allow_other))
     except MountError as e:
         raise StartupError(str(e)) from None
 
@@ -169,13 +136,12 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
             # First: a SIGTERM from now on (systemd stopping a unit that is
             # still starting, say) unmounts cleanly instead of killing us.
             await nursery.start(_stop_on_signal, config.mountpoint, session)
-            await nursery.start(cache.run)
             await nursery.start(fs.run)
             prefetcher = Prefetcher(cache, fs.listings, nursery)
             await nursery.start(control_server.serve, control, Commands(fs, prefetcher).handlers())
             try:
-                write_state(Holder(config.mountpoint, os.getpid(), cache.remote.source,
-                                   str(cache.root), str(control)))
+                write_state(Holder(config.mountpoint, os.getpid(), remote.source,
+                                   str(cache.folder), str(control)))
             except OSError as e:
                 # The mount serves without it; only `cachefs umount` and
                 # `status` cannot find this daemon by its mountpoint.
@@ -187,6 +153,19 @@ async def _serve_mounted(config: MountConfig, cache: Cache, ready: Ready) -> Non
         os.close(fd)
         _detach_if_mounted(config.mountpoint)
     log.info("daemon for %s stopped", config.mountpoint)
+
+
+def _record_remote(config: MountConfig, folder: Path) -> None:
+    """Write down how the remote was opened, for `fsck --verify-remote`.
+
+    Only once it has answered: options that did not work must not replace
+    those of an earlier mount that did.
+    """
+    try:
+        write_record(folder, config.source, config.remote_options)
+    except OSError as e:
+        # The mount serves without it; fsck then opens the source with default options.
+        log.warning("cannot record the remote's options in %s: %s", folder, e.strerror or e)
 
 
 def _detach_if_mounted(mountpoint: str) -> None:

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 
 import trio
 
-from cachefs.cache import Cache, CachedObject, CacheState
-from cachefs.cache.evictor import EvictResult
+from cachefs.cache import Cache, CachedObject, CacheState, EvictResult
 from cachefs.kernel.ops import Connection, DirEntry, Entry, FuseError, Opened, StatFs
 from cachefs.kernel.passthrough import BackingError, BackingFiles
 from cachefs.kernel.wire import ROOT_ID, Attr, DirentType, OpenFlag
-from cachefs.remote import NotFound, RemoteEntry, RemoteError, VersionChanged
+from cachefs.remote import NotFound, Remote, RemoteEntry, RemoteError, VersionChanged
 
 from .dirahead import DirectoryReadahead, ListingReadahead
 from .inodes import Inode, InodeTable, child_path, split_path
@@ -92,13 +91,14 @@ class DirHandle:
 class Filesystem:
     """Implements `cachefs.kernel.ops.Operations` over a cache and a remote."""
 
-    def __init__(self, cache: Cache, metadata_ttl: float, passthrough: bool = True) -> None:
+    def __init__(self, cache: Cache, remote: Remote, metadata_ttl: float, passthrough: bool = True) -> None:
         self.cache = cache
+        self._remote = remote
         self._want_passthrough = passthrough
         self._backing: BackingFiles | None = None
         self.stats = Stats()
         self.ttl = metadata_ttl
-        self.listings = Listings(cache.remote, cache.db, metadata_ttl)
+        self.listings = Listings(remote, cache.listings, metadata_ttl)
         self.inodes = InodeTable(root_mtime=time.time())
         self.dirahead = DirectoryReadahead(small_size=cache.chunk_size)
         self.listahead = ListingReadahead()
@@ -245,9 +245,9 @@ class Filesystem:
                 # Small files come whole: one request, and later opens are
                 # served from the complete file. Its own fetch is queued
                 # before any read-ahead of its siblings.
-                fetches = self.cache.fetcher.start(obj, range(obj.nchunks))
+                fetches = self.cache.fetch(obj, range(obj.nchunks))
                 self._read_ahead_siblings(inode)
-                await self.cache.fetcher.wait(fetches)
+                await self.cache.wait(fetches)
         except RemoteError as e:
             log.warning("opening %r: %s", inode.path, e)
             self.cache.release(obj)
@@ -325,7 +325,7 @@ class Filesystem:
     async def _stat_remote(self, path: str) -> RemoteEntry | None:
         """What the remote has at `path` now (None: nothing); RemoteError if it cannot tell."""
         try:
-            return await self.cache.remote.stat(path)
+            return await self._remote.stat(path)
         except NotFound:
             return None
 
@@ -347,7 +347,7 @@ class Filesystem:
         """Drop what is cached at or under `paths`: the cache's files, and the
         kernel's page cache of files no handle has open (an open one keeps
         both, and is named in the result)."""
-        result = await self.cache.evict_keys(paths)
+        result = await self.cache.evict(paths)
         inval = self.connection.notify_inval_inode if self.connection else None
         if inval is not None:
             for inode in self.inodes.files_under(paths):
@@ -393,7 +393,7 @@ class Filesystem:
         except ListingUnreadable:
             return
         for entry in siblings:
-            self.cache.prefetch(child_path(directory, entry.name), entry.version, entry.size, entry.mtime)
+            self.cache.fetch_in_background(child_path(directory, entry.name), entry.version, entry.size, entry.mtime)
 
     def _read_ahead_listings(self, inode: Inode) -> None:
         """List the next sibling directories early when directories are
@@ -597,14 +597,7 @@ class Filesystem:
             return f"passthrough opens={inode.handles[HandleMode.PASSTHROUGH]}"
         if inode.size == 0:
             return CacheState.COMPLETE.value  # nothing to fetch, nothing recorded
-        obj = self.cache.peek(inode.path, inode.version)
-        if obj is not None:
-            state, cached = obj.state, obj.bytes_present
-        else:
-            row = self.cache.db.find_object(inode.path, inode.version)
-            cached = row.bytes_cached if row else 0
-            state = CacheState.COMPLETE if row and row.complete else (
-                CacheState.PARTIAL if cached else CacheState.ABSENT)
+        state, cached = self.cache.state(inode.path, inode.version)
         if state is CacheState.PARTIAL:
             return f"partial {cached}/{inode.size}"
         return state.value

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import trio
 
-from cachefs.cache.db import CacheDB, ListingRow, ListingUnreadable, StateLost
+from cachefs.cache import ListingRow, ListingStore, ListingUnreadable, StateLost
 from cachefs.remote import NotFound, Remote, RemoteEntry, RemoteError
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Listing:
 class StoredListing(Listing):
     """A listing whose entries are rows of the cache database."""
 
-    def __init__(self, db: CacheDB, listing_id: int, fetched_at: float, count: int) -> None:
+    def __init__(self, db: ListingStore, listing_id: int, fetched_at: float, count: int) -> None:
         self._db = db
         self.id = listing_id
         self.epoch = db.epoch
@@ -191,7 +191,7 @@ class _BatchWriter:
     batch is read and parsed: SQLite lets go of the GIL as it works, so the
     two overlap. One write at a time; a failed write fails the next put."""
 
-    def __init__(self, db: CacheDB, listing_id: int, nursery: trio.Nursery) -> None:
+    def __init__(self, db: ListingStore, listing_id: int, nursery: trio.Nursery) -> None:
         self._db = db
         self._listing_id = listing_id
         self._nursery = nursery
@@ -231,7 +231,7 @@ class _Fetch:
 class Listings:
     """Directory path -> listing, with a TTL and single-flight fetches."""
 
-    def __init__(self, remote: Remote, db: CacheDB, ttl: float) -> None:
+    def __init__(self, remote: Remote, db: ListingStore, ttl: float) -> None:
         self._remote = remote
         self._db = db
         self.ttl = ttl

@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from cachefs.cache import Cache, CachedObject
-from cachefs.cache.slots import Priority
+from cachefs.cache import Cache, CachedObject, Priority
 from cachefs.remote import RemoteError
 
 from .stats import Stats

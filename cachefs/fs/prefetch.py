@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import trio
 
-from cachefs.cache import Cache
-from cachefs.cache.slots import Priority
+from cachefs.cache import Cache, Priority
 from cachefs.remote import RemoteEntry, RemoteError
 
 from .inodes import child_path
@@ -103,7 +102,7 @@ class PrefetchJob:
         p.finished = time.time()
         if self._pinned:
             with trio.CancelScope(shield=True):
-                await self._cache.db.pin(self._pinned)
+                await self._cache.pin(self._pinned)
         log.info("prefetch %d %s: %d/%d files, %d bytes fetched, %d failed", p.job, p.state.value,
                  p.files_done, p.files_total, p.bytes_fetched, len(p.failures))
         self.finished.set()
@@ -167,7 +166,7 @@ class PrefetchJob:
             missing = [i for i in range(obj.nchunks) if i not in obj.present]
             for first in range(0, len(missing), CHUNK_WINDOW):
                 window = missing[first : first + CHUNK_WINDOW]
-                fetches = self._cache.fetcher.start(obj, window, Priority.BACKGROUND)
+                fetches = self._cache.fetch(obj, window, Priority.BACKGROUND)
                 for idx, fetch in zip(window, fetches):
                     await fetch.done.wait()
                     if fetch.error is not None:

@@ -149,11 +149,12 @@ def _unescape(field: bytes) -> str:
     return os.fsdecode(bytes(out))
 
 
-def mounts() -> list[MountInfo]:
-    """Every mount of this mount namespace, in the kernel's order (a later
-    mount on the same point hides an earlier one)."""
+def mounts(table: str = "/proc/self/mountinfo") -> list[MountInfo]:
+    """Every mount of this mount namespace (or of the one `table` belongs
+    to, e.g. /proc/PID/mountinfo), in the kernel's order: a later mount on
+    the same point hides an earlier one."""
     found = []
-    with open("/proc/self/mountinfo", "rb") as f:
+    with open(table, "rb") as f:
         for line in f:
             left, _, right = line.partition(b" - ")
             fields, rest = left.split(), right.split()

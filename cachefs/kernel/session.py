@@ -1,13 +1,13 @@
-"""A FUSE session on trio: read requests from /dev/fuse, answer them.
+"""A FUSE session on trio: dispatch the kernel's requests, answer them.
 
-One task reads the device. A request the filesystem can answer without
-waiting (a getattr, a release, a look-up in a listing it has, an open of a
-complete file) is answered right there; every other request runs in its own
-task in the session's nursery, so a slow cold read never holds up a getattr
-or a read of another file. INTERRUPT cancels the task of the request it
-names. The session
-ends when the filesystem is unmounted (the device read fails with ENODEV) or
-when `stop()` is called.
+The requests arrive through a channel (`channel`: /dev/fuse, or a fake in
+the unit tests), read by one task. A request the filesystem can answer
+without waiting (a getattr, a release, a look-up in a listing it has, an
+open of a complete file) is answered right there; every other request runs
+in its own task in the session's nursery, so a slow cold read never holds up
+a getattr or a read of another file. INTERRUPT cancels the task of the
+request it names. The session ends when the filesystem is unmounted (the
+channel ends), on DESTROY, or when `stop()` is called.
 """
 
 from __future__ import annotations
@@ -20,17 +20,13 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from . import wire
+from .channel import MAX_PAGES, Channel, DevFuseChannel
 from .ops import Connection, DirEntry, Entry, FuseError, Opened, Operations
-from .passthrough import BackingFiles
 from .wire import InitFlag, InHeader, Opcode
 
 log = logging.getLogger(__name__)
 
-MAX_PAGES = 256  # fs.fuse.max_pages_limit on these kernels: 1 MiB requests
-PAGE_SIZE = 4096
 MAX_WRITE = 128 * 1024  # we never take writes; the kernel still wants a value
-# The read buffer must hold the largest request the kernel may send.
-READ_BUFFER = MAX_PAGES * PAGE_SIZE + 64 * 1024
 MAX_BACKGROUND = 64
 CONGESTION_THRESHOLD = 48
 
@@ -54,18 +50,24 @@ _EMPTY_ENTRY = bytes(wire.ENTRY_OUT.size + wire.ATTR.size)
 
 
 class Session:
-    """Serves one mounted FUSE connection with an `Operations` object."""
+    """Serves one mounted FUSE connection with an `Operations` object.
+
+    `channel` carries the connection's messages; a /dev/fuse descriptor
+    stands for `DevFuseChannel(fd)`.
+    """
 
     def __init__(
         self,
-        fd: int,
+        channel: Channel | int,
         ops: Operations,
         *,
         want_passthrough: bool = False,
         max_stack_depth: int = 1,
         on_init: Callable[[Connection], None] | None = None,
     ) -> None:
-        self.fd = fd
+        self.channel: Channel = DevFuseChannel(channel) if isinstance(channel, int) else channel
+        # Bound once: every reply goes through it.
+        self._send = self.channel.reply
         self.ops = ops
         self._want_passthrough = want_passthrough
         self._max_stack_depth = max_stack_depth
@@ -73,6 +75,7 @@ class Session:
         self._inflight: dict[int, trio.CancelScope] = {}
         self._stopped = False
         self._cancel = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
         self.connection: Connection | None = None
         # Answered as each request is read, with no task: these never wait,
         # or return None when they would, and then go to `_handlers`.
@@ -101,11 +104,13 @@ class Session:
 
     async def run(self) -> None:
         """Serve until unmounted or stopped."""
-        os.set_blocking(self.fd, False)
         with self._cancel:
             async with trio.open_nursery() as nursery:
-                await self._read_loop(nursery)
+                self._nursery = nursery
+                if not self._stopped:
+                    await self.channel.serve(self._dispatch)
                 nursery.cancel_scope.cancel()
+        self._nursery = None
         log.debug("session ended")
 
     def stop(self) -> None:
@@ -113,26 +118,10 @@ class Session:
         self._stopped = True
         self._cancel.cancel()
 
-    async def _read_loop(self, nursery: trio.Nursery) -> None:
-        while not self._stopped:
-            try:
-                buf = os.read(self.fd, READ_BUFFER)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.fd)
-                continue
-            except OSError as e:
-                if e.errno == errno.ENODEV:
-                    log.info("filesystem unmounted")
-                    return
-                if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
-                    continue
-                raise
-            self._dispatch(nursery, buf)
-            await trio.lowlevel.checkpoint()
-
     # --- dispatch ------------------------------------------------------------
 
-    def _dispatch(self, nursery: trio.Nursery, buf: bytes) -> None:
+    def _dispatch(self, buf: bytes) -> bool:
+        """Answer or start one request; False once the session should end."""
         hdr = InHeader.parse(buf)
         body = memoryview(buf)[wire.IN_HEADER.size : hdr.length]
         op = hdr.opcode
@@ -160,7 +149,7 @@ class Session:
         elif op in self._immediate and self._answer_now(hdr, body):
             pass
         elif op in self._handlers:
-            nursery.start_soon(self._run_request, hdr, body)
+            self._nursery.start_soon(self._run_request, hdr, body)
         elif op == Opcode.FLUSH:
             # Nothing to flush on a read-only mount; ENOSYS tells the kernel
             # never to send FLUSH again, saving a round trip per close.
@@ -173,6 +162,7 @@ class Session:
         else:
             log.debug("opcode %d not implemented", op)
             self._reply_error(hdr.unique, errno.ENOSYS)
+        return not self._stopped
 
     def _answer_now(self, hdr: InHeader, body: memoryview) -> bool:
         """Answer the request without a task if its handler can; True if answered."""
@@ -220,7 +210,7 @@ class Session:
         """
         body = wire.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0"
         header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(body), wire.NotifyCode.INVAL_ENTRY, 0)
-        await trio.to_thread.run_sync(self._write_notification, [header, body])
+        await trio.to_thread.run_sync(self.channel.notify, [header, body])
 
     async def notify_inval_inode(self, ino: int) -> None:
         """Make the kernel drop its page cache (and attributes) of inode `ino`.
@@ -229,7 +219,7 @@ class Session:
         """
         body = wire.NOTIFY_INVAL_INODE_OUT.pack(ino, 0, -1)
         header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(body), wire.NotifyCode.INVAL_INODE, 0)
-        await trio.to_thread.run_sync(self._write_notification, [header, body])
+        await trio.to_thread.run_sync(self.channel.notify, [header, body])
 
     async def notify_store(self, ino: int, offset: int, data: bytes | memoryview) -> None:
         """Put `data` into the kernel's page cache of inode `ino` at `offset`.
@@ -239,32 +229,16 @@ class Session:
         """
         body = wire.NOTIFY_STORE_OUT.pack(ino, offset, len(data), 0)
         header = wire.OUT_HEADER.pack(wire.OUT_HEADER.size + len(body) + len(data), wire.NotifyCode.STORE, 0)
-        await trio.to_thread.run_sync(self._write_notification, [header, body, data])
-
-    def _write_notification(self, parts: list[bytes | memoryview]) -> None:
-        try:
-            os.writev(self.fd, parts)
-        except OSError as e:
-            # ENOENT: the kernel had no such entry (or inode) cached; nothing to undo.
-            if e.errno not in (errno.ENOENT, errno.ENODEV):
-                log.warning("kernel notification failed: %s", os.strerror(e.errno))
+        await trio.to_thread.run_sync(self.channel.notify, [header, body, data])
 
     # --- replies -------------------------------------------------------------
 
-    def _write(self, parts: list[bytes]) -> None:
-        try:
-            os.writev(self.fd, parts)
-        except OSError as e:
-            # ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
-            if e.errno not in (errno.ENOENT, errno.ENODEV):
-                raise
-
     def _reply(self, unique: int, body: list[bytes]) -> None:
         length = sum(len(b) for b in body)
-        self._write([wire.reply_header(unique, 0, length), *body])
+        self._send([wire.reply_header(unique, 0, length), *body])
 
     def _reply_error(self, unique: int, err: int) -> None:
-        self._write([wire.reply_header(unique, -err, 0)])
+        self._send([wire.reply_header(unique, -err, 0)])
 
     # --- INIT ----------------------------------------------------------------
 
@@ -303,7 +277,7 @@ class Session:
         self.connection = Connection(
             major=major, minor=minor, flags=granted, max_readahead=max_readahead,
             max_pages=MAX_PAGES, passthrough=passthrough,
-            backing=BackingFiles(self.fd) if passthrough else None,
+            backing=self.channel.backing_files() if passthrough else None,
             notify_inval_entry=self.notify_inval_entry,
             notify_store=self.notify_store,
             notify_inval_inode=self.notify_inval_inode,

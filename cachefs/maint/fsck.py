@@ -1,6 +1,6 @@
 """Offline check and repair of one source folder: SQLite against the data files.
 
-What the cache promises (see `store`, `journal`): every object row names a
+What the cache promises (see `cachefs.cache`: its journal and layout): every object row names a
 data file of exactly the object's size; a chunk row means the chunk's bytes
 are in that file; `bytes_cached` and `complete` follow from the chunk rows;
 every data file belongs to a row. `check_folder` reports each broken promise
@@ -13,21 +13,20 @@ the remote can tell. With a `source`, complete and partial objects are
 compared with the remote: size and version by a stat, then every recorded
 chunk by downloading it and comparing its sha256 with the cached bytes.
 
-The folder's lock is held throughout (see `folders`): a folder a daemon is
+The folder's lock is held throughout (see `cachefs.cache.layout`): a folder a daemon is
 using is reported busy, and only ever checked, never repaired (`force`),
 because a live cache has data files whose rows are not yet written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 from collections import defaultdict
 from contextlib import ExitStack
 from pathlib import Path
 
-from cachefs.cache.folders import DATA_NAME, DB_NAME, FolderBusy, folder_lock, remove_folder
+from cachefs.cache import DATA_NAME, DB_NAME, FolderBusy, OfflineDB, folder_lock, remove_folder, source_digest
 
 from .records import FolderReport, FolderState, ObjectRecord, Problem, ProblemKind, data_path
 from .verify import verify_remote
@@ -75,37 +74,21 @@ def _finish(report: FolderReport) -> FolderReport:
     return report
 
 
-def _connect(folder: Path) -> sqlite3.Connection:
-    path = folder / DB_NAME
-    if not path.exists():
-        raise sqlite3.DatabaseError("no database")
-    # Plain sqlite3, not CacheDB: a check must not migrate the schema.
-    conn = sqlite3.connect(path, timeout=30)
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
-
-
 def _load(folder: Path) -> dict[int, ObjectRecord]:
-    conn = _connect(folder)
-    try:
-        (verdict,) = conn.execute("PRAGMA quick_check").fetchone()
+    # Not the daemon's CacheDB: a check must not migrate the schema.
+    with OfflineDB(folder / DB_NAME) as db:
+        verdict = db.quick_check()
         if verdict != "ok":
             raise sqlite3.DatabaseError(verdict)
-        # A cache no daemon of this version has opened yet has no validators.
-        columns = {c[1] for c in conn.execute("PRAGMA table_info(objects)")}
-        validator = "validator" if "validator" in columns else "NULL"
         rows = {
-            r[0]: ObjectRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), validator=r[8])
-            for r in conn.execute(
-                "SELECT id, key, version, size, chunk_size, data_name, bytes_cached, complete,"
-                f" {validator} FROM objects")
+            r.id: ObjectRecord(r.id, r.key, r.version, r.size, r.chunk_size, r.data_name, r.bytes_cached,
+                               r.complete, validator=r.validator)
+            for r in db.objects()
         }
-        for object_id, idx in conn.execute("SELECT object_id, idx FROM chunks"):
+        for object_id, idx in db.chunks():
             if object_id in rows:  # foreign keys make any other impossible
                 rows[object_id].chunks.add(idx)
         return rows
-    finally:
-        conn.close()
 
 
 def _usable(row: ObjectRecord, report: FolderReport) -> bool:
@@ -151,11 +134,11 @@ def _check_files(folder: Path, rows: dict[int, ObjectRecord], report: FolderRepo
             if entry.name in known and entry.name[:2] == sub.name:
                 continue
             # An empty object's file never gets a row (it has no chunks to
-            # record): that is the store's normal state, not damage.
+            # record): that is the cache's normal state, not damage.
             if entry.is_file() and entry.stat().st_size == 0:
                 continue
             # Otherwise a fetch was cut short before its first record, or the
-            # file sits in the wrong fan-out folder, where the store never looks.
+            # file sits in the wrong fan-out folder, where the cache never looks.
             add(Problem(ProblemKind.ORPHAN_FILE, "no object row names this data file",
                         data_file=str(entry.relative_to(data_dir))))
 
@@ -180,7 +163,7 @@ def _repair(folder: Path, rows: dict[int, ObjectRecord], report: FolderReport) -
             if p.kind is not ProblemKind.MISSING_FILE and row.data_name:
                 files_to_delete.append(data_path(folder, row.data_name))
         elif p.kind is ProblemKind.WRONG_SIZE:
-            # As the store does when it meets one: trust none of its chunks.
+            # As the cache does when it meets one: trust none of its chunks.
             drop_chunks[row.id] |= row.chunks
             files_to_resize.append((data_path(folder, row.data_name), row.size))
         elif p.kind is ProblemKind.BAD_CHUNK:
@@ -188,23 +171,14 @@ def _repair(folder: Path, rows: dict[int, ObjectRecord], report: FolderReport) -
         elif p.kind is ProblemKind.CORRUPT:
             drop_chunks[row.id] |= set(p.chunks)
         recount.add(row.id)
-    conn = _connect(folder)
-    try:
-        with conn:
-            for object_id in drop_rows:
-                conn.execute("DELETE FROM chunks WHERE object_id = ?", (object_id,))
-                conn.execute("DELETE FROM objects WHERE id = ?", (object_id,))
-            for object_id, idxs in drop_chunks.items():
-                conn.executemany("DELETE FROM chunks WHERE object_id = ? AND idx = ?",
-                                 [(object_id, i) for i in idxs])
-            for object_id in recount - drop_rows:
-                row = rows[object_id]
-                left = row.chunks - drop_chunks.get(object_id, set())
-                left = {i for i in left if 0 <= i < row.nchunks}
-                conn.execute("UPDATE objects SET bytes_cached = ?, complete = ? WHERE id = ?",
-                             (sum(e - s for s, e in map(row.span, left)), int(len(left) == row.nchunks), object_id))
-    finally:
-        conn.close()
+    counts: dict[int, tuple[int, bool]] = {}
+    for object_id in recount - drop_rows:
+        row = rows[object_id]
+        left = row.chunks - drop_chunks.get(object_id, set())
+        left = {i for i in left if 0 <= i < row.nchunks}
+        counts[object_id] = (sum(e - s for s, e in map(row.span, left)), len(left) == row.nchunks)
+    with OfflineDB(folder / DB_NAME) as db:
+        db.repair(drop_rows, drop_chunks, counts)
     # The records no longer name these bytes: now the files may go.
     for path in files_to_delete:
         path.unlink(missing_ok=True)
@@ -217,21 +191,10 @@ def _repair(folder: Path, rows: dict[int, ObjectRecord], report: FolderReport) -
 def recorded_source(folder: Path) -> str | None:
     """The source the folder caches, if its database records it (meta 'source')."""
     try:
-        conn = _connect(folder)
+        with OfflineDB(folder / DB_NAME) as db:
+            return db.source()
     except sqlite3.DatabaseError:
         return None
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'source'").fetchone()
-        return row[0] if row else None
-    except sqlite3.DatabaseError:
-        return None
-    finally:
-        conn.close()
-
-
-def folder_digest(source: str) -> str:
-    """The hash part of a source folder's name (see `store.source_dir`)."""
-    return hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
 def source_of(folder: Path, candidates: list[str]) -> str | None:
@@ -242,6 +205,6 @@ def source_of(folder: Path, candidates: list[str]) -> str | None:
     """
     for source in candidates:
         for spelling in (source, source.rstrip("/") + "/"):
-            if folder.name.endswith("-" + folder_digest(spelling)):
+            if folder.name.endswith("-" + source_digest(spelling)):
                 return spelling
     return None

@@ -7,8 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachefs.cache import fanout
-from cachefs.cache.folders import DATA_NAME
+from cachefs.cache import data_file
 
 READ_PIECE = 1 << 20
 
@@ -92,8 +91,8 @@ class ObjectRecord:
 
 
 def data_path(folder: Path, name: str) -> Path:
-    """Where the store keeps data file `name` (fanned out by its first byte)."""
-    return fanout.data_path(folder / DATA_NAME, name)
+    """Where the cache keeps data file `name` (fanned out by its first byte)."""
+    return data_file(folder, name)
 
 
 def sha256_span(path: Path, start: int, end: int) -> str:

@@ -5,6 +5,11 @@ the ETag for S3, size and minute of Last-Modified for plain HTTP). Where they
 match, every recorded chunk is downloaded again and its sha256 compared with
 the cached bytes: the only way to find bytes changed on disk while the file
 kept its size, since the cache records no checksums of its own.
+
+The remote is opened the way the folder's last mount opened it (its
+`remote.json`: the source and the remote type's options, an S3 endpoint
+say), else from the source alone with default options; either way only a
+remote whose source is the folder's is compared with.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from cachefs.remote import (
     VersionChanged,
     open_remote,
 )
+from cachefs.remote.record import read_record
 
 from .records import FolderReport, ObjectRecord, Problem, ProblemKind, data_path, sha256_span
 
@@ -32,9 +38,25 @@ def verify_remote(folder: Path, source: str, rows: list[ObjectRecord], report: F
     trio.run(_verify, folder, source, rows, report)
 
 
+async def _open(folder: Path, source: str) -> Remote:
+    """The remote of the folder whose source is `source`; ValueError if it cannot be opened."""
+    record = read_record(folder)
+    remote = open_remote(source) if record is None else record.open()
+    if remote.source != source:
+        # The folder's source is the remote's name for the store, which
+        # not every remote type can open again (an S3 endpoint shows as
+        # "s3://bucket/ at URL"): comparing with another store would report
+        # every object stale.
+        with trio.CancelScope(shield=True):
+            await remote.aclose()
+        raise ValueError(f"{source} cannot be opened without the options of its mount "
+                         f"(opening it gives {remote.source}); mount it once to record them")
+    return remote
+
+
 async def _verify(folder: Path, source: str, rows: list[ObjectRecord], report: FolderReport) -> None:
     try:
-        remote = open_remote(source)
+        remote = await _open(folder, source)
     except ValueError as e:
         report.warnings.append(f"not compared with the remote: {e}")
         return

@@ -1,14 +1,17 @@
 """Remote object stores: the only part of cachefs that speaks HTTP.
 
-`open_remote` turns a source string from the command line into a `Remote`;
-`base` defines that interface and the errors remotes raise. A source is a
-plain HTTP(S) server with directory indexes (`http_index`) or an S3 bucket,
-`s3://BUCKET[/PREFIX]` (`s3`).
+`base` defines the `Remote` interface and the errors remotes raise. Remote
+types are backends in the `registry`, by URL scheme: here a plain HTTP(S)
+server with directory indexes (`http`) and an S3 bucket, `s3://BUCKET[/PREFIX]`
+(`s3`). `open_remote` turns a source string and its backend's options into
+a `Remote`; `record` writes down how a cache folder's remote was opened.
 """
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
+
+from cachefs import lazy
 
 from .base import (
     AccessDenied,
@@ -22,76 +25,52 @@ from .base import (
     VersionChanged,
     WrongCredentials,
 )
-from .http.client import RequestLimits
-from .http.index import HttpIndexRemote
-from .s3.address import S3Options, is_s3_source, parse_s3_source
-from .s3.remote import S3Remote
+from .http.backend import BACKEND as HTTP_BACKEND
+from .limits import RequestLimits
+from .registry import REGISTRY, Backend, NoOptions, Registry, RemoteOptions
+from .s3.address import S3Options
+from .s3.backend import BACKEND as S3_BACKEND
+
+if TYPE_CHECKING:
+    from .http.index import HttpIndexRemote
 
 __all__ = [
+    "REGISTRY",
     "AccessDenied",
+    "Backend",
     "BadResponse",
     "HttpIndexRemote",
+    "NoOptions",
     "NotFound",
     "Pin",
+    "Registry",
     "Remote",
     "RemoteEntry",
     "RemoteError",
+    "RemoteOptions",
     "RequestLimits",
     "S3Options",
-    "S3Remote",
     "Unreachable",
     "VersionChanged",
     "WrongCredentials",
     "open_remote",
 ]
 
-_HTTP_SCHEMES = ("http", "https")
+# The order is that of `cachefs mount --help` and of its error messages.
+REGISTRY.register(HTTP_BACKEND)
+REGISTRY.register(S3_BACKEND)
 
 
-def open_remote(
-    source: str,
-    *,
-    proxy: str | None = None,
-    s3: S3Options | None = None,
-    limits: RequestLimits | None = None,
-) -> Remote:
+def open_remote(source: str, options: RemoteOptions | None = None, *,
+                proxy: str | None = None, limits: RequestLimits | None = None) -> Remote:
     """The remote for `source`, e.g. "http://host/data/" or "s3://bucket/prefix".
 
-    `s3` holds the S3 settings (endpoint, region, profile...), which only an
-    s3:// source may use. Raises ValueError with a one-line message for
-    sources we cannot serve.
+    `options` are those of the source's backend (S3Options for s3://), None
+    for its defaults. Raises ValueError with a one-line message for sources
+    and options we cannot serve.
     """
-    s3 = s3 or S3Options()
-    if is_s3_source(source):
-        return S3Remote(parse_s3_source(source), s3, proxy=proxy, limits=limits)
-    if not s3.is_default():
-        raise ValueError(
-            "--endpoint-url, --region, --profile, --no-sign-request and "
-            "--force-path-style apply to s3:// sources only"
-        )
-    parts = urlsplit(source)
-    scheme = parts.scheme.lower()
-    if scheme not in _HTTP_SCHEMES:
-        shown = scheme or "none"
-        raise ValueError(
-            f"unsupported source scheme {shown!r} in {source!r}; "
-            "use http://, https:// or s3://"
-        )
-    if not parts.hostname:
-        raise ValueError(f"source {source!r} has no host name")
-    if parts.query or parts.fragment:
-        raise ValueError(f"source {source!r} must not have a query or fragment")
-    try:
-        parts.port  # checked on first use only, which was the first request
-    except ValueError:
-        raise ValueError(f"source {source!r} has a bad port (want a number from 0 to 65535)") from None
-    path = parts.path if parts.path.endswith("/") else parts.path + "/"
-    # user:password@ becomes basic auth, kept out of the source string that
-    # the mount table, logs, cache folder names and SQLite show.
-    auth = None
-    netloc = parts.netloc
-    if parts.username is not None:
-        auth = (unquote(parts.username), unquote(parts.password or ""))
-        netloc = netloc.rpartition("@")[2]
-    clean = parts._replace(scheme=scheme, netloc=netloc, path=path).geturl()
-    return HttpIndexRemote(clean, proxy=proxy, auth=auth, limits=limits)
+    return REGISTRY.open(source, options, proxy=proxy, limits=limits)
+
+
+# The remotes themselves need httpx and trio: loaded when first asked for.
+__getattr__ = lazy.exports(__name__, {"HttpIndexRemote": "http.index"})

@@ -53,6 +53,16 @@ class Pin:
     validator: str | None = None
 
 
+def take_whole_object(body: AsyncIterator[bytes]) -> bool:
+    """Have `body`, from `Remote.read_range`, yield the whole object from its
+    first byte instead of the range asked for, if the server sent the whole
+    object anyway; return whether it will. Call it before reading the body.
+    Bodies that hold just the range have no `take_whole` and stay as they are.
+    """
+    take = getattr(body, "take_whole", None)
+    return take is not None and bool(take())
+
+
 class RemoteError(Exception):
     """A remote operation failed; `errno` is what a reader should see.
 
@@ -140,6 +150,10 @@ class Remote(Protocol):
         (when `version` is non-empty and the server reports one), or, with
         `pin`, another size or validator than the pinned ones; an unset
         `pin.validator` is set from the answer, before any byte is yielded.
+
+        A server may send the whole object instead of the range (it ignores
+        Range): the body still yields only the range, unless the caller asks
+        for all of it with `take_whole_object`.
         """
         ...
 

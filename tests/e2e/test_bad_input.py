@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from reliability import checked_read, fsck, fsck_problems, log_lines, log_text, only_folder
-from conftest import STATE_DIR, Mounter, Tree, is_mounted, wait_until
+from mounter import STATE_DIR, Mounter, Tree, is_mounted, wait_until
 from test_cli_errors import assert_one_line_error
 
 from cachefs.localstore import NginxStore

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from reliability import only_folder
-from conftest import CACHEFS, Mounter, Tree, is_mounted
+from mounter import CACHEFS, Mounter, Tree, is_mounted
 from test_cli_errors import assert_one_line_error
 
 from cachefs.localstore import NginxStore

@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mounter
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 from moto.server import ThreadedMotoServer
+
+from mounter import Mounter
 from s3_fixtures import LOOPBACK, isolated_aws_env
 
 from cachefs.localstore.nginx import NginxStore

@@ -4,28 +4,15 @@ cold read of many small files depends on it)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import struct
 from pathlib import Path
 
 import pytest
+from disk import dir_flags
 from reliability import checked_read, only_folder
-from conftest import Mounter, Tree
+from mounter import Mounter, Tree
 
-from cachefs.cache.fanout import FS_IOC_GETFLAGS, FS_TOPDIR_FL, mark_top_directory
+from cachefs.cache.fanout import FS_TOPDIR_FL
 from cachefs.localstore import NginxStore
-
-
-def dir_flags(path: Path) -> int | None:
-    """The inode flags of `path` (lsattr), or None where there are none."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return struct.unpack("=i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("=i", 0)))[0]
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def test_data_folder_spreads_its_subfolders(
@@ -47,17 +34,3 @@ def test_data_folder_spreads_its_subfolders(
     assert not (dir_flags(data / "00") or 0) & FS_TOPDIR_FL
     files = [p for p in data.rglob("*") if p.is_file() and p.stat().st_size]
     assert len(files) >= len(rels) - 1  # an empty file gets no data
-
-
-def test_top_directory_flag_is_a_no_op_where_unsupported(tmp_path: Path) -> None:
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        pytest.skip("no /dev/shm (tmpfs) to try")
-    target = Path(os.path.realpath(shm)) / f"cachefs-test-{os.getpid()}"
-    target.mkdir()
-    try:
-        # tmpfs has no FS_TOPDIR_FL: the answer is False, not an exception.
-        assert mark_top_directory(target) is False
-    finally:
-        target.rmdir()
-    assert mark_top_directory(tmp_path) is (dir_flags(tmp_path) is not None)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 # pytest puts tests/ on sys.path, so the fixtures' helper types import directly.
-from conftest import Mounter, Tree, is_mounted
+from mounter import Mounter, Tree, is_mounted
 
 from cachefs.localstore import NginxStore
 from cachefs.localstore.nginx import free_port

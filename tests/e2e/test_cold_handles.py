@@ -20,7 +20,7 @@ import pytest
 
 from cachefs.localstore import NginxStore
 
-from conftest import Mounter, wait_until
+from mounter import Mounter, wait_until
 
 MiB = 1024 * 1024
 BIG = "big.bin"
@@ -137,7 +137,7 @@ def test_no_pushes_without_a_page_cache_miss(mount: Mounter, cold_store: NginxSt
 def test_evict_drops_the_kernels_page_cache_too(mount: Mounter, cold_store: NginxStore, cold_tree: Path) -> None:
     """After `cachefs evict`, a file read again comes from the remote, not from
     pages the kernel kept of an earlier page-cache handle."""
-    from conftest import run, CACHEFS
+    from mounter import run, CACHEFS
 
     mp = mount(cold_store.url)
     path = mp / BIG

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 from reliability import ReadOutcome, checked_read, fsck, fsck_problems, log_lines
-from conftest import CACHEFS, Mounter, Tree, pid_alive, wait_until
+from mounter import CACHEFS, Mounter, Tree, pid_alive, wait_until
 
 from cachefs.localstore import NginxStore, TreeSpec, make_tree
 from cachefs.localstore.tree import KiB, MiB

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reliability import ReadOutcome, checked_read, fsck, fsck_problems, log_lines
-from conftest import Mounter, Tree
+from mounter import Mounter, Tree
 from faultproxy import PINNED_KINDS, FaultConfig, FaultProxy
 
 from cachefs.localstore import NginxStore

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CACHEFS, Mounter, default_cache_dir_in, pid_alive, sha256_of, wait_until
+from mounter import CACHEFS, Mounter, default_cache_dir_in, pid_alive, sha256_of, wait_until
 
 from cachefs import runtime
 from cachefs.localstore import NginxStore, TreeSpec, make_tree

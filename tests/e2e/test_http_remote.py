@@ -348,13 +348,11 @@ def test_untrustworthy_bodies() -> None:
                     await read_all(remote, "short", 0, 10, TEN_VERSION)
                 with pytest.raises(BadResponse):
                     await read_all(remote, "shifted", 0, 10, "")
-                # A 200 is fine when the range is the whole object...
+                # A 200 is the whole object: the part asked for is cut from it
+                # (test_servers.py has the cache take all of it).
                 assert await read_all(remote, "whole", 0, 10, TEN_VERSION) == TEN
-                # ...but not for a part of it.
-                with pytest.raises(BadResponse):
-                    await read_all(remote, "whole", 0, 5, TEN_VERSION)
-                with pytest.raises(BadResponse):
-                    await read_all(remote, "whole", 2, 10, TEN_VERSION)
+                assert await read_all(remote, "whole", 0, 5, TEN_VERSION) == TEN[:5]
+                assert await read_all(remote, "whole", 2, 10, TEN_VERSION) == TEN[2:]
                 with pytest.raises(VersionChanged):
                     await read_all(remote, "whole", 0, 10, make_version(10, MTIME + 60))
                 with pytest.raises(BadResponse):
@@ -393,11 +391,3 @@ def test_unreachable() -> None:
             await remote.aclose()
 
     run(main)
-
-
-def test_open_remote() -> None:
-    assert open_remote("http://127.0.0.1:1/data").source == "http://127.0.0.1:1/data/"
-    assert open_remote("HTTPS://example.invalid").source == "https://example.invalid/"
-    for bad in ("ftp://host/x", "/local/dir", "http:///nohost"):
-        with pytest.raises(ValueError, match="unsupported source scheme|no host"):
-            open_remote(bad)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHEFS, Mounter, Tree, wait_until
+from mounter import CACHEFS, Mounter, Tree, wait_until
 
 from cachefs.localstore import NginxStore
 from cachefs.localstore.tree import CHUNK

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from reliability import ReadOutcome, checked_read, fsck, fsck_problems, only_folder
-from conftest import STATE_DIR, Mounter, Tree, pid_alive, wait_until
+from mounter import STATE_DIR, Mounter, Tree, pid_alive, wait_until
 
 from cachefs.localstore import NginxStore
 from cachefs.localstore.tree import MiB

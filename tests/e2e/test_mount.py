@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 # pytest puts tests/ on sys.path, so the fixtures' helper types import directly.
-from conftest import READ_PIECE, Mounter, Tree, pid_alive, wait_until
+from mounter import READ_PIECE, Mounter, Tree, pid_alive, wait_until
 
 from cachefs.localstore import NginxStore
 from cachefs.localstore.tree import CHUNK, KiB, MiB

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from namespace import PrivateNamespace
-from conftest import CACHEFS, pid_alive, sha256_of, wait_until
+from mounter import CACHEFS, pid_alive, sha256_of, wait_until
 
 from cachefs.cli import mount_helper
 from cachefs.localstore import NginxStore, TreeSpec, make_tree
@@ -124,14 +124,14 @@ def test_fstab_lines(ns: PrivateNamespace, small_store: NginxStore, small_tree, 
     assert result.returncode == 0, result.stderr
     assert ns.mount_of(mnt_a) is None, "mount -a mounted a noauto line"
     b = ns.mount_of(mnt_b)
-    assert b is not None and b["fstype"] == "fuse.cachefs" and b["source"] == url, b
+    assert b is not None and b.fstype == "fuse.cachefs" and b.source == url, b
 
     result = ns.run("mount", "--fstab", fstab, mnt_a)
     assert result.returncode == 0, result.stderr
     a = ns.mount_of(mnt_a)
-    assert a is not None and a["fstype"] == "fuse.cachefs" and a["source"] == url, a
-    assert "allow_other" in a["options"].split(","), a
-    assert "allow_other" not in b["options"].split(","), b
+    assert a is not None and a.fstype == "fuse.cachefs" and a.source == url, a
+    assert "allow_other" in a.options, a
+    assert "allow_other" not in b.options, b
 
     check_reads(ns, mnt_a, hashes)
     check_reads(ns, mnt_b, hashes)
@@ -173,8 +173,8 @@ def test_mount_t_with_s3_options(ns: PrivateNamespace, small_tree, tmp_path: Pat
                         env=env)
         assert result.returncode == 0, result.stderr
         info = ns.mount_of(mnt)
-        assert info is not None and info["source"].startswith("s3://fstab-bucket/data/"), info
-        assert "allow_other" in info["options"].split(","), info
+        assert info is not None and info.source.startswith("s3://fstab-bucket/data/"), info
+        assert "allow_other" in info.options, info
         check_reads(ns, mnt, hashes)
         assert status(ns)[str(mnt)]["cache"]["cap_bytes"] == 32 << 20
         umount_and_check_exit(ns, mnt, daemons(ns)[str(mnt)], cache)

@@ -27,7 +27,7 @@ import pytest
 from cachefs.localstore import NginxStore, TreeSpec, make_tree
 from cachefs.localstore.tree import CHUNK, MiB
 
-from conftest import Mounter, Tree, wait_until
+from mounter import Mounter, Tree, wait_until
 
 STATE = "user.cachefs.state"
 STATS = "user.cachefs.stats"

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import CACHEFS, Mounter, Tree, pid_alive, wait_until
+from mounter import CACHEFS, Mounter, Tree, pid_alive, wait_until
 
 import cachefs as cachefs_package
 from cachefs.localstore import NginxStore, TreeSpec, make_tree
@@ -542,21 +542,3 @@ def test_pin_and_unpin(mount: Mounter, pf_store: NginxStore, pf_tree: Tree, tmp_
     assert pins(cache) == set(sizes)
     assert cachefs("unpin", mp).stdout.strip() == f"unpinned {len(sizes)} files"
     assert pins(cache) == set()
-
-
-# -- 5. bad input ------------------------------------------------------------------------
-
-
-def test_path_outside_any_mount_is_a_one_line_error(tmp_path: Path) -> None:
-    for command in ("prefetch", "unpin"):
-        result = cachefs(command, tmp_path)
-        assert_one_line_error(result.returncode, result.stderr)
-        assert "not inside a cachefs mount" in result.stderr, result.stderr
-
-
-@pytest.mark.parametrize("jobs", ["0", "65", "many"])
-def test_bad_jobs_is_a_usage_error(tmp_path: Path, jobs: str) -> None:
-    result = cachefs("prefetch", "--jobs", jobs, tmp_path)
-    assert result.returncode == 2, result
-    assert "usage:" in result.stderr and "--jobs" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr

@@ -4,7 +4,8 @@ The core issue's byte-identical, persistence and SIGKILL tests run again
 here with the tree uploaded to a bucket (under a prefix, next to keys that
 must stay hidden), signed and anonymous. moto's request log stands in for
 nginx's access log when counting GETs. Smaller tests cover the pieces that
-need no mount: addressing, XML, error mapping, retries, version pinning.
+need no mount: error mapping, retries, version pinning (addressing and XML,
+which need no server either, are in tests/unit).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import pytest
 import trio
 
 # pytest puts tests/ on sys.path, so helpers import directly.
-from conftest import Mounter, Tree, is_mounted
+from mounter import Mounter, Tree, is_mounted
 from s3_fixtures import LOOPBACK, MotoS3, isolated_aws_env
 from test_cli_errors import assert_one_line_error
 from test_http_remote import canned_server, reply
+from test_lifecycle_tools import data_file, fsck, only_folder, problems, wait_complete
 from test_mount import (
     BIG,
     KILL_POINTS,
@@ -43,9 +45,8 @@ from test_mount import (
 from cachefs.localstore.nginx import free_port
 from cachefs.localstore.tree import CHUNK
 from cachefs.remote import NotFound, RemoteError, S3Options, Unreachable, VersionChanged, open_remote
+from cachefs.remote.record import RECORD_NAME
 from cachefs.remote.s3.remote import RETRIES
-from cachefs.remote.s3.address import BucketUrls, needs_path_style, parse_s3_source
-from cachefs.remote.s3.xml import parse_list_page
 
 TREE_BUCKET = "cachefs-tree"
 TREE_PREFIX = "data/"
@@ -286,7 +287,7 @@ def test_five_thousand_keys_through_the_remote(aws_env: MotoS3) -> None:
 
     async def main() -> list[str]:
         remote = open_remote(f"s3://{MANY_BUCKET}/{MANY_PREFIX}",
-                             s3=S3Options(endpoint_url=aws_env.url))
+                             S3Options(endpoint_url=aws_env.url))
         try:
             return [e.name for e in await remote.list_dir("") if not e.is_dir]
         finally:
@@ -400,50 +401,41 @@ def test_secrets_stay_out_of_logs_mounts_and_cache(
     assert [name for name, data in places.items() if secret in data] == []
 
 
+def test_verify_remote_opens_the_bucket_as_the_mount_did(
+    tree: Tree, aws_env: MotoS3, mount: Mounter, tmp_path: Path
+) -> None:
+    """`fsck --verify-remote` of a cache of an S3-compatible service (moto
+    here, MinIO say): the endpoint and the other S3 options are the mount's."""
+    cache = tmp_path / "cache"
+    mp = mount_s3(mount, aws_env, tree_source(), cache)
+    rels = ["sizes/4097.bin", f"sizes/{CHUNK + 1}.bin"]
+    assert mismatches(mp, tree, rels) == []
+    wait_complete(mp, rels)
+    mount.umount(mp)
+    code, reports = fsck(cache, "--verify-remote")
+    assert code == 0 and reports[0]["state"] == "clean", reports
+    assert reports[0]["chunks_verified"] == 3 and reports[0]["warnings"] == []
+    # Without the mount's record (a cache made before it was kept), the
+    # bucket is not compared at all, rather than with the wrong store.
+    record = only_folder(cache) / RECORD_NAME
+    kept = record.read_bytes()
+    record.unlink()
+    code, reports = fsck(cache, "--verify-remote")
+    assert code == 2 and reports[0]["problems"] == [], reports
+    assert "options of its mount" in reports[0]["warnings"][0], reports
+    record.write_bytes(kept)
+    # The comparison is with the bucket's bytes: a changed byte is found.
+    damaged = data_file(only_folder(cache), rels[1])
+    with open(damaged, "r+b") as f:
+        f.seek(CHUNK)
+        byte = f.read(1)
+        f.seek(CHUNK)
+        f.write(b"\xff" if byte != b"\xff" else b"\0")
+    code, reports = fsck(cache, "--verify-remote")
+    assert code == 1 and problems(reports) == {("corrupt", rels[1])}, reports
+
+
 # -- pieces without a mount ------------------------------------------------------
-
-
-def test_source_parsing() -> None:
-    assert parse_s3_source("s3://bkt").prefix == ""
-    assert parse_s3_source("s3://bkt/a/b").prefix == "a/b/"
-    assert parse_s3_source("S3://bkt//a%20b?x#y/").prefix == "a%20b?x#y/"
-    for bad in ("s3://", "s3:///x", "s3://key:secret@bkt/x", "s3://bkt:9000/x", "s3://b/k\0"):
-        with pytest.raises(ValueError):
-            parse_s3_source(bad)
-    with pytest.raises(ValueError, match="s3:// sources only"):
-        open_remote("http://127.0.0.1:1/", s3=S3Options(region="eu-west-1"))
-
-
-def test_addressing_styles() -> None:
-    assert needs_path_style("http://127.0.0.1:9000", "bkt")
-    assert needs_path_style("http://localhost:9000", "bkt")
-    assert needs_path_style("https://s3.eu-west-1.amazonaws.com", "my.dotted.bucket")
-    assert needs_path_style("https://s3.us-east-1.amazonaws.com", "Legacy_Bucket")
-    assert not needs_path_style("https://s3.us-east-1.amazonaws.com", "my-bucket")
-    virtual = BucketUrls("https://s3.us-east-1.amazonaws.com", "my-bucket", path_style=False)
-    assert virtual.object_url("a b/100%.txt") == (
-        "https://my-bucket.s3.us-east-1.amazonaws.com/a%20b/100%25.txt"
-    )
-    path = BucketUrls("http://127.0.0.1:9000", "bkt", path_style=True)
-    assert path.bucket_url({"prefix": "a b/", "list-type": "2"}) == (
-        "http://127.0.0.1:9000/bkt/?list-type=2&prefix=a%20b%2F"
-    )
-
-
-def test_list_page_parsing() -> None:
-    body = (
-        b'<?xml version="1.0"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-        b"<EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
-        b"<NextContinuationToken>t/+=</NextContinuationToken>"
-        b"<Contents><Key>d/a+b%2Bc%00</Key><Size>3</Size><ETag>&quot;e1&quot;</ETag>"
-        b"<LastModified>2023-11-14T22:13:57.000Z</LastModified></Contents>"
-        b"<CommonPrefixes><Prefix>d/sub%20dir/</Prefix></CommonPrefixes></ListBucketResult>"
-    )
-    page = parse_list_page(body, "u")
-    assert [(o.key, o.size, o.etag, o.mtime) for o in page.objects] == [
-        ("d/a b+c\0", 3, "e1", 1_700_000_037.0)
-    ]
-    assert page.prefixes == ["d/sub dir/"] and page.next_token == "t/+="
 
 
 def test_slowdown_is_retried_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -464,8 +456,8 @@ def test_slowdown_is_retried_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> N
     async def main() -> None:
         async with canned_server(respond) as (url, seen):
             options = S3Options(endpoint_url=url, no_sign_request=True)
-            flaky = open_remote("s3://flaky", s3=options)
-            down = open_remote("s3://down", s3=options)
+            flaky = open_remote("s3://flaky", options)
+            down = open_remote("s3://down", options)
             try:
                 assert await flaky.list_dir("") == []
                 with pytest.raises(Unreachable):
@@ -487,7 +479,7 @@ def test_wrong_region_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
 
     async def main() -> None:
         async with canned_server(respond) as (url, _):
-            remote = open_remote("s3://elsewhere", s3=S3Options(endpoint_url=url, no_sign_request=True))
+            remote = open_remote("s3://elsewhere", S3Options(endpoint_url=url, no_sign_request=True))
             try:
                 with pytest.raises(RemoteError) as caught:
                     await remote.list_dir("")
@@ -505,7 +497,7 @@ def test_rewritten_object_is_never_mixed(aws_env: MotoS3) -> None:
     client.put_object(Bucket=PRIVATE_BUCKET, Key="changing.bin", Body=b"first version")
 
     async def main() -> None:
-        remote = open_remote(f"s3://{PRIVATE_BUCKET}", s3=S3Options(endpoint_url=aws_env.url))
+        remote = open_remote(f"s3://{PRIVATE_BUCKET}", S3Options(endpoint_url=aws_env.url))
         try:
             entry = await remote.stat("changing.bin")
             listed = {e.name: e for e in await remote.list_dir("")}["changing.bin"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from reliability import checked_read, only_folder
-from conftest import STATE_DIR, Mounter, Tree, mount_info
+from mounter import STATE_DIR, Mounter, Tree, mount_info
 from faultproxy import DEFAULT_RATES, FaultConfig, FaultProxy
 
 from cachefs.localstore import NginxStore
@@ -63,7 +63,7 @@ def test_cache_files_are_private(tree: Tree, store: NginxStore, mount: Mounter, 
     for rel in READ:
         assert checked_read(mp, tree, rel).ok == [rel]
     folder = only_folder(cache)
-    for name in ("state.db", "lock", "daemon.log"):
+    for name in ("state.db", "lock", "daemon.log", "remote.json"):
         assert (folder / name).exists(), name
     assert any(p.is_file() for p in (folder / "data").rglob("*")), "no data files were written"
     # While mounted: the WAL files exist, and the runtime files.

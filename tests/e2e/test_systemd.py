@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CACHEFS, is_mounted, run, sha256_of, wait_until
+from mounter import CACHEFS, is_mounted, run, sha256_of, wait_until
 
 from cachefs.cli.app import build_parser
 from cachefs.localstore import NginxStore, TreeSpec, make_tree

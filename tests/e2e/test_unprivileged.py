@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from namespace import NOBODY, PLAIN_PATH, PrivateNamespace, expose_to_others
-from conftest import CACHEFS, Tree, pid_alive, wait_until
+from mounter import CACHEFS, Tree, pid_alive, wait_until
 
 import cachefs
 from cachefs.localstore import NginxStore
@@ -128,8 +128,8 @@ def test_a_regular_user_mounts_reads_prefetches_and_unmounts(
     result = as_user(ns, CACHEFS, "mount", store.url, MNT)
     assert result.returncode == 0, result.stderr
     info = ns.mount_of(MNT)
-    assert info is not None and info["fstype"] == "fuse.cachefs" and info["source"] == store.url, info
-    assert f"user_id={NOBODY}" in info["options"].split(","), info
+    assert info is not None and info.fstype == "fuse.cachefs" and info.source == store.url, info
+    assert f"user_id={NOBODY}" in info.options, info
     pid = user_daemon_pid(ns)
     assert uid_of(pid) == NOBODY, "the daemon does not run as the user"
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from reliability import fsck, fsck_problems, only_folder
-from conftest import Mounter
+from mounter import Mounter
 from versionserver import ServerConfig, VersionServer
 
 from cachefs.localstore import NginxStore

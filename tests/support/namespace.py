@@ -23,6 +23,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from cachefs.kernel import mounting
+from cachefs.kernel.mounting import MountInfo
+
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOBODY = 65534
 START_TIMEOUT_S = 30.0
@@ -150,22 +153,14 @@ class PrivateNamespace:
 
     def mounts(self) -> list[tuple[str, str]]:
         """(mountpoint, fstype) of every mount in the namespace, in order."""
-        found = []
-        for line in Path(f"/proc/{self.pid}/mountinfo").read_text("utf-8", "surrogateescape").splitlines():
-            left, _, right = line.partition(" - ")
-            found.append((_unescape(left.split()[4]), right.split()[0]))
-        return found
+        return [(m.mountpoint, m.fstype) for m in mounting.mounts(f"/proc/{self.pid}/mountinfo")]
 
-    def mount_of(self, mountpoint: str | Path) -> dict[str, str] | None:
-        """The mount at exactly `mountpoint`: fstype, source and super options."""
+    def mount_of(self, mountpoint: str | Path) -> MountInfo | None:
+        """The visible mount at exactly `mountpoint`."""
         found = None
-        for line in Path(f"/proc/{self.pid}/mountinfo").read_text("utf-8", "surrogateescape").splitlines():
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if _unescape(fields[4]) == str(mountpoint):
-                fstype, source, options = right.split()[:3]
-                found = {"fstype": fstype, "source": _unescape(source), "options": options,
-                         "mount_options": fields[5]}
+        for info in mounting.mounts(f"/proc/{self.pid}/mountinfo"):
+            if info.mountpoint == str(mountpoint):
+                found = info
         return found
 
     def processes(self, exclude: int | None = None) -> list[int]:
@@ -177,13 +172,3 @@ class PrivateNamespace:
         return pids
 
 
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import CACHEFS, Tree
+from mounter import CACHEFS, Tree
 
 COMMAND_TIMEOUT_S = 180.0
 PIECE = 1024 * 1024

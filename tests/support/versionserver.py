@@ -4,7 +4,8 @@ Serves one flat directory, listed as nginx's `autoindex_format json` does,
 from objects held in memory. What nginx never does is configurable per
 server: which validators answers carry (ETag, Last-Modified, neither),
 whether If-Match / If-Range are honoured, what the listing claims an
-object's size is, and whether Content-Range gives the total or "*".
+object's size is, whether Content-Range gives the total or "*", whether a
+range comes with status 206 or 200, and whether Range is heeded at all.
 
 Loopback only; runs in a thread of the test process (`with VersionServer()`).
 """
@@ -35,6 +36,10 @@ class ServerConfig:
     last_modified: bool = True
     honour_preconditions: bool = True
     star_total: bool = False  # Content-Range "bytes a-b/*"
+    # The status of a range answer: 200 is what `rclone serve s3` sends,
+    # with the Content-Range of the range asked.
+    range_status: int = 206
+    ignore_range: bool = False  # every GET gets the whole object, 200
     # name -> the size the listing claims (instead of the true one)
     listed_size: dict[str, int] = field(default_factory=dict)
 
@@ -127,7 +132,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if if_match is not None and (if_match != etag or etag.startswith("W/")):
                 self._send(412, {}, b"precondition failed\n", head)
                 return
-        wanted = _RANGE.match(headers.get("range", ""))
+        wanted = None if config.ignore_range else _RANGE.match(headers.get("range", ""))
         if_range = headers.get("if-range")
         strong_etag = validators.get("ETag") if not validators.get("ETag", "").startswith("W/") else None
         if wanted and config.honour_preconditions and if_range is not None and if_range not in (
@@ -142,7 +147,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(416, {"Content-Range": f"bytes */{len(data)}"}, b"", head)
             return
         total = "*" if config.star_total else str(len(data))
-        self._send(206, {**validators, "Content-Range": f"bytes {first}-{last}/{total}"},
+        self._send(config.range_status, {**validators, "Content-Range": f"bytes {first}-{last}/{total}"},
                    data[first:last + 1], head)
 
     def _send(self, status: int, headers: dict[str, str], body: bytes, head: bool) -> None:

@@ -17,7 +17,6 @@ import email.utils
 import functools
 import math
 import re
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ import httpx
 import trio
 
 from ..base import BadResponse, Pin, Unreachable, VersionChanged
+from .proxies import Proxy, ProxyChoice
+from ..limits import RequestLimits
 from .transport import DEADLINE_ENFORCED, DEADLINE_EXTENSION, Deadline, Http11Transport
 
 MAX_CONNECTIONS = 16
@@ -35,15 +36,6 @@ READ_TIMEOUT_S = 30.0
 # 5xx answers that usually mean "try again shortly" (overload, restarts).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-# A request must have its answer's headers within the request timeout, and
-# then receive its body at the minimum rate on average (see Deadline).
-DEFAULT_REQUEST_TIMEOUT_S = 120.0
-DEFAULT_MIN_RATE = 4096  # bytes per second
-# The most one listing response (an index page, one page of an S3 listing)
-# may hold: a server may send one without end. The daemon streams listings
-# into its database; `list_dir`, which holds a listing whole, caps all the
-# pages of an S3 listing together.
-DEFAULT_MAX_LISTING_BYTES = 64 * 1024 * 1024
 # Error documents (S3's XML) are a few hundred bytes.
 MAX_ERROR_BODY = 64 * 1024
 
@@ -69,46 +61,17 @@ class RetryPolicy:
         return 0.0 if attempt == 0 else min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s)
 
 
-@dataclass(frozen=True)
-class RequestLimits:
-    """What one request may cost before it fails, whatever the server does.
-
-    The per-read timeout alone never ends a request whose server trickles a
-    byte now and then, or a listing that never ends.
-    """
-
-    timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    min_rate: int = DEFAULT_MIN_RATE
-    max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES
-
-    def deadline(self) -> Deadline:
-        """The deadline of a request starting now."""
-        return Deadline(trio.current_time() + self.timeout_s, 1.0 / self.min_rate)
-
-    def too_large(self, what: str) -> BadResponse:
-        return BadResponse(f"{what}: listing larger than {self.max_listing_bytes} bytes (--max-listing-size)")
-
-    def too_slow(self, what: str) -> Unreachable:
-        return Unreachable(
-            f"{what}: server too slow (no answer within {self.timeout_s:g} s, "
-            f"or body slower than {self.min_rate} bytes/s)"
-        )
-
-
 class RemoteClient(httpx.AsyncClient):
-    """httpx's client, plus a short way to send body-less plain-HTTP requests.
+    """httpx's client over our transport, plus a short way to send body-less requests.
 
     A cold read of small files sends one GET per file, and httpx's client
     adds about 0.1 ms of CPU to each (cookies, auth and redirect machinery
     we do not use). `send_quick` hands such requests straight to our
-    transport when no proxy can apply, and falls back to `send` for
-    everything else, and for redirects.
+    transport, and falls back to `send` for everything else, and for
+    redirects.
     """
 
-    def __init__(
-        self, *, http11: Http11Transport | None, request_limits: RequestLimits, **kwargs: Any
-    ) -> None:
-        """`http11`, if given, carries every request httpx does not proxy."""
+    def __init__(self, *, http11: Http11Transport, request_limits: RequestLimits, **kwargs: Any) -> None:
         super().__init__(transport=http11, **kwargs)
         self._http11 = http11
         self.request_limits = request_limits
@@ -116,7 +79,7 @@ class RemoteClient(httpx.AsyncClient):
     async def send_quick(
         self, request: httpx.Request, *, stream: bool, follow_redirects: bool
     ) -> httpx.Response:
-        if self._http11 is None or not self._http11.handles(request):
+        if not self._http11.handles(request):
             return await self.send(request, stream=stream, follow_redirects=follow_redirects)
         response = await self._http11.handle_async_request(request)
         response.request = request
@@ -163,22 +126,18 @@ def make_client(
         # it from redirects to another origin.
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
         headers["Authorization"] = f"Basic {token}"
-    # An explicit proxy is used for every host, loopback included (httpx maps
-    # it to "all://"); without one, trust_env applies the usual HTTP(S)_PROXY
-    # / NO_PROXY variables. Where a proxy may apply, httpx's own transports
-    # carry everything: httpx reads the environment only when it chooses
-    # the transports itself. Otherwise plain-HTTP GETs and HEADs go through
-    # our lean transport, and https and the rest through httpx's (http11.py).
-    proxied = proxy is not None or bool(set(urllib.request.getproxies()) & {"http", "https", "all"})
-    http11 = None
-    if not proxied:
-        http11 = Http11Transport(
-            httpx.AsyncHTTPTransport(limits=limits, trust_env=True), max_connections=MAX_CONNECTIONS
-        )
+    # Our transport carries every request: it picks the proxy (explicit, or
+    # from HTTP(S)_PROXY / NO_PROXY) and hands what it does not send itself
+    # (bodies, https:// proxies) to httpx's transport for that proxy. httpx
+    # reads no proxy variable itself when given a transport.
+    def fallback(via: Proxy | None) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport(limits=limits, trust_env=True,
+                                        proxy=str(via.url) if via else None)
+
+    http11 = Http11Transport(fallback, max_connections=MAX_CONNECTIONS, proxies=ProxyChoice(proxy))
     return RemoteClient(
         http11=http11,
         request_limits=request_limits or RequestLimits(),
-        proxy=proxy,
         trust_env=True,
         headers=headers,
         limits=limits,
@@ -314,23 +273,42 @@ class _CappedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
+@dataclass(frozen=True)
+class ServedRange:
+    """The bytes [start, end) an answer to a ranged GET holds, and the object's
+    total size when the answer gives it. Wider than asked only when the server
+    sent the whole object (it ignores Range): then (0, size)."""
+
+    start: int
+    end: int
+    total: int | None
+
+
 def check_range_answer(
     response: httpx.Response, url: str, start: int, end: int, size: int | None = None
-) -> int | None:
-    """Check that a 200 or 206 answer holds exactly bytes [start, end).
+) -> ServedRange:
+    """Check that a 200 or 206 answer holds bytes [start, end), or the whole object.
 
-    Returns the object's total size when the answer gives it. Raises
-    BadResponse for a different range, a 200 that is more than the range, or
-    a content coding we did not ask for. Other statuses are the caller's.
-    With `size`, the object's expected size, a range asked with
-    `range_header(start, end, size)` that reaches past it (the object is
-    longer) raises VersionChanged.
+    A Content-Range, with either status (`rclone serve s3` answers 200 with
+    one), must be the range asked for. A 200 without one is the whole object
+    (`python3 -m http.server` ignores Range): fine when `size`, the object's
+    expected size, is known; the caller then gets more than it asked for
+    (see WholeBody). Raises BadResponse for another range and for a content
+    coding we did not ask for; other statuses are the caller's. A range
+    asked with `range_header(start, end, size)` that reaches past `size`
+    (the object is longer) raises VersionChanged.
     """
     status = response.status_code
-    if status == HTTP_PARTIAL:
-        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    if status not in (HTTP_OK, HTTP_PARTIAL):
+        raise ValueError(f"check_range_answer called for HTTP {status}")
+    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise BadResponse(f"{url}: unrequested Content-Encoding {coding!r}")
+    content_range = response.headers.get("content-range")
+    if status == HTTP_PARTIAL or content_range is not None:
+        match = _CONTENT_RANGE.match(content_range or "")
         if match is None:
-            raise BadResponse(f"{url}: 206 without a usable Content-Range")
+            raise BadResponse(f"{url}: {status} without a usable Content-Range")
         first, last, total = match.groups()
         if size is not None and end == size and (int(first), int(last)) == (start, end):
             # We asked for one byte past the expected end (range_header), and
@@ -338,19 +316,16 @@ def check_range_answer(
             raise VersionChanged(f"{url}: the object is longer than {size} bytes")
         if (int(first), int(last) + 1) != (start, end):
             raise BadResponse(f"{url}: asked for {start}-{end - 1}, got {first}-{last}")
-        total_size = None if total == "*" else int(total)
-    elif status == HTTP_OK:
-        # The server ignored Range; fine only if the body is exactly the range.
-        length = response.headers.get("content-length")
-        if start != 0 or length is None or int(length) != end:
-            raise BadResponse(f"{url}: server ignored the Range header")
-        total_size = end
-    else:
-        raise ValueError(f"check_range_answer called for HTTP {status}")
-    coding = response.headers.get("content-encoding", "identity").strip().lower()
-    if coding not in ("", "identity"):
-        raise BadResponse(f"{url}: unrequested Content-Encoding {coding!r}")
-    return total_size
+        return ServedRange(start, end, None if total == "*" else int(total))
+    # A 200 without Content-Range is the whole object, whatever was asked:
+    # its length is the object's size (check_pin compares it with the pin's).
+    length = response.headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise BadResponse(f"{url}: unusable Content-Length {length!r}")
+    total = size if length is None else int(length)
+    if total is None:
+        raise BadResponse(f"{url}: server ignored the Range header and gave no length")
+    return ServedRange(0, total, total)
 
 
 @asynccontextmanager
@@ -358,13 +333,15 @@ async def ranged_read(
     start: int,
     end: int,
     send: Callable[[], Awaitable[tuple[httpx.Response, str]]],
-    check: Callable[[httpx.Response, str], Awaitable[None]],
+    check: Callable[[httpx.Response, str], Awaitable[ServedRange]],
 ) -> AsyncIterator[AsyncIterator[bytes]]:
     """The body of bytes [start, end) of one object, for `Remote.read_range`.
 
     `send` makes the ranged GET and returns it with its URL (for messages);
-    `check` raises if the answer cannot be trusted (wrong range, version...).
-    The body yields exactly end-start bytes or raises; both are closed after.
+    `check` raises if the answer cannot be trusted (wrong range, version...)
+    and says which bytes it holds. The body yields exactly end-start bytes
+    or raises (a WholeBody can be asked for the whole object instead); both
+    are closed after.
     """
     if not 0 <= start <= end:
         raise ValueError(f"bad range [{start}, {end})")
@@ -372,10 +349,16 @@ async def ranged_read(
         yield empty_body()
         return
     response, url = await send()
-    body = None
+    body: ExactBody | WholeBody | None = None
     try:
-        await check(response, url)
-        body = ExactBody(response, end - start, url)
+        served = await check(response, url)
+        if (served.start, served.end) == (start, end):
+            body = ExactBody(response, end - start, url)
+        elif served.start <= start and end <= served.end:
+            body = WholeBody(response, served.end, start, end, url)
+        else:
+            raise BadResponse(f"{url}: the answer holds bytes {served.start}-{served.end - 1}, "
+                              f"not {start}-{end - 1}")
         yield body
     finally:
         if body is not None:
@@ -534,6 +517,47 @@ class ExactBody:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
+
+
+class WholeBody:
+    """The body of a whole object sent for a range (the server ignores Range).
+
+    It yields the bytes asked for, [start, end), as ExactBody would: those
+    before are read and dropped, and it stops at `end`. After `take_whole()`
+    it yields every byte of the object instead, from its first: a cache can
+    keep them all, since they come anyway (base.take_whole_object).
+    """
+
+    def __init__(self, response: httpx.Response, size: int, start: int, end: int, url: str) -> None:
+        self._body = ExactBody(response, size, url)
+        self._start = start
+        self._end = end
+        self._pos = 0  # bytes of the object read so far
+        self._whole = False
+
+    def take_whole(self) -> bool:
+        """Yield the whole object from its first byte; only before any is read."""
+        if self._pos:
+            raise RuntimeError("take_whole() after the body was read")
+        self._whole = True
+        return True
+
+    def __aiter__(self) -> WholeBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._whole:
+            return await self._body.__anext__()
+        while self._pos < self._end:
+            chunk = await self._body.__anext__()
+            at = self._pos
+            self._pos += len(chunk)
+            if self._pos > self._start:
+                return chunk[max(0, self._start - at) : self._end - at]
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
 
 
 def parse_http_date(value: str | None) -> float | None:

@@ -12,6 +12,7 @@ refused if they answer another validator or another total size.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -32,8 +33,8 @@ from ..base import (
 )
 from .client import (
     ClientOwner,
-    RequestLimits,
     RetryPolicy,
+    ServedRange,
     adopt_pin,
     check_pin,
     check_range_answer,
@@ -46,6 +47,7 @@ from .client import (
     send_with_retries,
     served_validator,
 )
+from ..limits import RequestLimits
 from ..names import valid_name
 from .client import parse_http_date
 from .listing import (
@@ -115,6 +117,10 @@ class HttpIndexRemote(ClientOwner):
         self._client = make_client(proxy, auth, limits)
         self._head_limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
         self._warned_names: set[tuple[str, str]] = set()
+        # Whether each directory's index shows times to the minute only, and
+        # what the last index showed, for directories not listed yet.
+        self._minute_dirs: dict[str, bool] = {}
+        self._minute_times = False
 
     # ------------------------------------------------------------ listing
 
@@ -135,6 +141,9 @@ class HttpIndexRemote(ClientOwner):
         """The entries of a parsed index page, with HEADs for what it leaves unsaid."""
         self._warn_rejected(path, listing.rejected)
 
+        # Every file shows its time at the precision of its index page, also
+        # where a HEAD tells seconds: HEADs come and go (see `stat`).
+        self._minute_dirs[path] = self._minute_times = listing.minute_times
         heads = await self._stat_many(path, _names_to_head(listing))
         offset = 0 if listing.times_are_exact else _zone_offset(listing.entries, heads)
         entries = []
@@ -251,7 +260,13 @@ class HttpIndexRemote(ClientOwner):
             _raise_for_status(response, url)
         if response.url.path.endswith("/"):
             return RemoteEntry(name=name, is_dir=True)
-        return _entry_from_head(name, response, url)
+        entry = _entry_from_head(name, response, url)
+        directory = path.rpartition("/")[0]
+        if self._minute_dirs.get(directory, self._minute_times):
+            # Its index shows minutes: so must this, or the same file would
+            # show 04:05:00 listed and 04:05:06 once a HEAD was made.
+            entry = dataclasses.replace(entry, mtime=_to_minute(entry.mtime))
+        return entry
 
     async def _head_directory(self, url: str) -> None:
         response = await self._send("HEAD", url, follow_redirects=True)
@@ -269,14 +284,14 @@ class HttpIndexRemote(ClientOwner):
             headers.update(precondition_headers(pin))
             return await self._send("GET", url, headers=headers, stream=True, follow_redirects=True), url
 
-        async def check(response: httpx.Response, url: str) -> None:
-            self._check_range_response(response, url, start, end, version, pin)
+        async def check(response: httpx.Response, url: str) -> ServedRange:
+            return self._check_range_response(response, url, start, end, version, pin)
 
         return ranged_read(start, end, send, check)
 
     def _check_range_response(
         self, response: httpx.Response, url: str, start: int, end: int, version: str, pin: Pin | None
-    ) -> None:
+    ) -> ServedRange:
         status = response.status_code
         if status == HTTP_PRECONDITION_FAILED and pin is not None and pin.validator:
             raise VersionChanged(f"{url}: no longer the pinned version {pin.validator!r} (HTTP 412)")
@@ -288,10 +303,11 @@ class HttpIndexRemote(ClientOwner):
         # 200 of the whole, which is no reason to retry.
         served = served_validator(response)
         check_pin(pin, served, None, url)
-        total_size = check_range_answer(response, url, start, end, None if pin is None else pin.size)
-        check_pin(pin, served, total_size, url)
-        _check_version(version, total_size, response.headers.get("last-modified"), url)
+        answer = check_range_answer(response, url, start, end, None if pin is None else pin.size)
+        check_pin(pin, served, answer.total, url)
+        _check_version(version, answer.total, response.headers.get("last-modified"), url)
         adopt_pin(pin, served)
+        return answer
 
     # ------------------------------------------------------------ helpers
 
@@ -359,6 +375,10 @@ def _zone_offset(entries: list[ListedEntry], heads: dict[str, RemoteEntry]) -> i
         if offset % ZONE_STEP_S == 0 and abs(offset) <= MAX_ZONE_OFFSET_S:
             return offset
     return 0
+
+
+def _to_minute(mtime: float) -> float:
+    return float(int(mtime) // SECONDS_PER_MINUTE * SECONDS_PER_MINUTE)
 
 
 def _entry_from_listing(item: ListedEntry, offset: int) -> RemoteEntry:

@@ -57,6 +57,8 @@ class Listing:
     entries: list[ListedEntry] = field(default_factory=list)
     # Raw names that cannot be file names; the caller logs them.
     rejected: list[str] = field(default_factory=list)
+    # Some row shows its time to the minute only (nginx's and Apache's HTML).
+    minute_times: bool = False
 
     @property
     def times_are_exact(self) -> bool:
@@ -289,7 +291,8 @@ def parse_html(text: str, page_url: str) -> Listing:
                 listing.rejected.append(raw)
             continue
         row = "".join(anchor.trailing)
-        mtime, rest = _parse_row_time(row)
+        mtime, rest, seconds = _parse_row_time(row)
+        listing.minute_times |= mtime is not None and not seconds
         # Without a date this is not an index row we understand; a number in
         # it could be anything, so the size stays unknown.
         size = None if is_dir or mtime is None else _exact_size(rest)
@@ -325,8 +328,9 @@ def _child_component(href: str, page_url: str) -> tuple[str, bool] | None:
     return segments[-1], is_dir
 
 
-def _parse_row_time(row: str) -> tuple[float | None, str]:
-    """The row's timestamp (read as UTC) and the text after it."""
+def _parse_row_time(row: str) -> tuple[float | None, str, bool]:
+    """The row's timestamp (read as UTC), the text after it, and whether the
+    timestamp shows seconds."""
     for pattern in _DATE_PATTERNS:
         match = pattern.search(row)
         if match is None:
@@ -340,10 +344,10 @@ def _parse_row_time(row: str) -> tuple[float | None, str]:
             int(fields["H"]), int(fields["M"]), int(fields["S"] or 0),
         )
         try:
-            return float(calendar.timegm(stamp)), row[match.end():]
+            return float(calendar.timegm(stamp)), row[match.end():], fields["S"] is not None
         except (ValueError, OverflowError):
             continue
-    return None, row
+    return None, row, False
 
 
 def _exact_size(rest: str) -> int | None:

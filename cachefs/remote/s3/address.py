@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+from ..registry import RemoteOptions, option
+
 S3_SCHEME = "s3://"
 DEFAULT_REGION = "us-east-1"
 # Buckets made before 2018 on us-east-1 may be up to 255 characters long and
@@ -32,17 +34,25 @@ _QUERY_SAFE = "-_.~"
 
 
 @dataclass(frozen=True)
-class S3Options:
-    """The command line's S3 settings; all optional."""
+class S3Options(RemoteOptions):
+    """The S3 settings of a mount (its `cachefs mount` options); all optional.
 
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    no_sign_request: bool = False
-    force_path_style: bool = False
+    None of them is a credential: those come from the AWS chain (environment,
+    shared files, profiles), so the options may be written down.
+    """
 
-    def is_default(self) -> bool:
-        return self == S3Options()
+    endpoint_url: str | None = option(
+        None, "--endpoint-url", metavar="URL", shown=False,
+        help="an S3-compatible service instead of AWS (e.g. http://127.0.0.1:9000)")
+    region: str | None = option(
+        None, "--region", help="the bucket's region (default: the profile's, else us-east-1)")
+    profile: str | None = option(
+        None, "--profile", help="a profile from the AWS config and credentials files")
+    no_sign_request: bool = option(
+        False, "--no-sign-request", help="send requests unsigned, for public buckets")
+    force_path_style: bool = option(
+        False, "--force-path-style",
+        help="address the bucket as ENDPOINT/BUCKET rather than BUCKET.ENDPOINT")
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import httpx
 from ..base import BadResponse, NotFound, Pin, RemoteEntry, RemoteError, VersionChanged
 from ..http.client import (
     ClientOwner,
-    RequestLimits,
     RetryPolicy,
+    ServedRange,
     adopt_pin,
     check_pin,
     check_range_answer,
@@ -34,6 +34,7 @@ from ..http.client import (
     served_validator,
 )
 from ..http.client import parse_http_date
+from ..limits import RequestLimits
 from ..names import valid_name
 from .address import (
     BucketUrls,
@@ -239,15 +240,15 @@ class S3Remote(ClientOwner):
                 headers["If-Match"] = f'"{version}"'
             return await self._send("GET", url, headers=headers, stream=True), url
 
-        async def check(response: httpx.Response, url: str) -> None:
-            await self._check_range_response(response, path, url, start, end, version, pin)
+        async def check(response: httpx.Response, url: str) -> ServedRange:
+            return await self._check_range_response(response, path, url, start, end, version, pin)
 
         return ranged_read(start, end, send, check)
 
     async def _check_range_response(
         self, response: httpx.Response, path: str, url: str, start: int, end: int, version: str,
         pin: Pin | None,
-    ) -> None:
+    ) -> ServedRange:
         status = response.status_code
         if (version or (pin is not None and pin.validator)) and status in (
                 HTTP_PRECONDITION_FAILED, HTTP_RANGE_NOT_SATISFIABLE):
@@ -261,9 +262,10 @@ class S3Remote(ClientOwner):
             raise VersionChanged(f"{url}: ETag is now {served!r}, expected {version!r}")
         validator = served_validator(response)
         check_pin(pin, validator, None, url)
-        total = check_range_answer(response, url, start, end, None if pin is None else pin.size)
-        check_pin(pin, validator, total, url)
+        answer = check_range_answer(response, url, start, end, None if pin is None else pin.size)
+        check_pin(pin, validator, answer.total, url)
         adopt_pin(pin, validator)
+        return answer
 
     # ------------------------------------------------------------ helpers
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 import trio
@@ -57,42 +56,42 @@ async def read_whole(cache: Cache, key: str) -> bytes:
         cache.release(obj)
 
 
-def run_with_cache(tmp_path: Path, job) -> None:
+def run_with_cache(open_cache, job) -> None:
     async def main() -> None:
-        cache = Cache(tmp_path / "cache", BuggyRemote())
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(cache.run)
-                with trio.fail_after(30):
-                    await job(cache)
-                nursery.cancel_scope.cancel()
-        finally:
-            cache.close()
+        async with open_cache(BuggyRemote()) as cache:
+            with trio.fail_after(30):
+                await job(cache)
 
     trio.run(main)
 
 
-def test_a_bug_in_one_fetch_fails_only_that_read(tmp_path: Path) -> None:
+async def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Return once `text` was logged: background work nobody waits for."""
+    while text not in caplog.text:
+        await trio.sleep(0.01)
+
+
+def test_a_bug_in_one_fetch_fails_only_that_read(open_cache) -> None:
     async def job(cache: Cache) -> None:
         with pytest.raises(RemoteError, match="a bug in the remote layer"):
             await read_whole(cache, "bad")
         assert await read_whole(cache, "good") == GOOD
 
-    run_with_cache(tmp_path, job)
+    run_with_cache(open_cache, job)
 
 
-def test_a_bug_in_a_prefetch_is_logged_and_survived(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bug_in_a_prefetch_is_logged_and_survived(open_cache, caplog: pytest.LogCaptureFixture) -> None:
     async def job(cache: Cache) -> None:
-        cache.prefetch("bad", "v1", len(GOOD), 0.0)  # nobody waits for this one
-        await trio.sleep(0.5)
+        cache.fetch_in_background("bad", "v1", len(GOOD), 0.0)  # nobody waits for this one
+        await logged(caplog, "a bug in the remote layer")
         assert await read_whole(cache, "good") == GOOD
 
-    run_with_cache(tmp_path, job)
+    run_with_cache(open_cache, job)
     assert "a bug in the remote layer" in caplog.text
 
 
 def test_a_bug_before_a_prefetch_starts_is_logged_and_survived(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    open_cache, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def job(cache: Cache) -> None:
         real_acquire = cache.acquire
@@ -103,11 +102,11 @@ def test_a_bug_before_a_prefetch_starts_is_logged_and_survived(
             return await real_acquire(key, *args)
 
         monkeypatch.setattr(cache, "acquire", broken_acquire)
-        cache.prefetch("bad", "v1", len(GOOD), 0.0)
-        await trio.sleep(0.5)
+        cache.fetch_in_background("bad", "v1", len(GOOD), 0.0)
+        await logged(caplog, "a bug while opening the data file")
         assert await read_whole(cache, "good") == GOOD
 
-    run_with_cache(tmp_path, job)
+    run_with_cache(open_cache, job)
     assert "a bug while opening the data file" in caplog.text
 
 
@@ -121,7 +120,7 @@ class BuggyListings:
         raise RuntimeError("a bug in the listings")
 
 
-def test_a_bug_in_a_prefetch_job_fails_its_path_not_the_daemon(tmp_path: Path) -> None:
+def test_a_bug_in_a_prefetch_job_fails_its_path_not_the_daemon(open_cache) -> None:
     async def job(cache: Cache) -> None:
         async with trio.open_nursery() as nursery:
             prefetcher = Prefetcher(cache, BuggyListings(), nursery)  # type: ignore[arg-type]
@@ -131,4 +130,4 @@ def test_a_bug_in_a_prefetch_job_fails_its_path_not_the_daemon(tmp_path: Path) -
         assert [f.path for f in failures] == ["some/dir"] and "internal error" in failures[0].error
         assert await read_whole(cache, "good") == GOOD
 
-    run_with_cache(tmp_path, job)
+    run_with_cache(open_cache, job)
