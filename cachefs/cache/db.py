@@ -304,16 +304,21 @@ class CacheDB:
 
     def usage(self) -> Usage:
         """Bytes and objects recorded, and the number of pins, for a status
-        request: one pass over the objects table on the reader."""
-        conn = self._reader.conn
-        total, complete, partial = conn.execute(
-            "SELECT COALESCE(SUM(bytes_cached), 0),"
-            " COALESCE(SUM(complete != 0), 0),"
-            " COALESCE(SUM(complete = 0 AND bytes_cached > 0), 0)"
-            " FROM objects"
-        ).fetchone()
-        (pinned,) = conn.execute("SELECT COUNT(*) FROM pins").fetchone()
-        return Usage(int(total), int(complete), int(partial), int(pinned))
+        request: one pass over the objects table on the reader. A database
+        that fails reads as an empty cache, as every other read does."""
+
+        def query() -> Usage:
+            conn = self._reader.conn
+            total, complete, partial = conn.execute(
+                "SELECT COALESCE(SUM(bytes_cached), 0),"
+                " COALESCE(SUM(complete != 0), 0),"
+                " COALESCE(SUM(complete = 0 AND bytes_cached > 0), 0)"
+                " FROM objects"
+            ).fetchone()
+            (pinned,) = conn.execute("SELECT COUNT(*) FROM pins").fetchone()
+            return Usage(int(total), int(complete), int(partial), int(pinned))
+
+        return self._read(query, Usage(0, 0, 0, 0))
 
     def eviction_candidates(self, limit: int) -> list[ObjectRow]:
         """Cached objects not pinned, least recently opened first."""

@@ -186,7 +186,10 @@ class Cache:
         """The cached object for this version, opened; pair with `release`."""
         ident = (key, version)
         while (obj := self._objects.find(key, version)) is None:
-            busy = self._evictor.evicting.get(ident) or self._discards.pending(key, version)
+            # Not `a or b`: a trio.Event has no truth value.
+            busy = self._evictor.evicting.get(ident)
+            if busy is None:
+                busy = self._discards.pending(key, version)
             if busy is None:
                 break
             await busy.wait()  # then look again

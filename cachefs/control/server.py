@@ -67,5 +67,9 @@ async def _handle(stream: trio.SocketStream, handlers: dict[str, Handler]) -> No
                     await _send(stream, reply)
             except (RequestError, ValueError) as e:
                 await _send(stream, {"error": str(e)})
+            except Exception as e:
+                # A failing request must not end the daemon: its mount serves on.
+                log.exception("control request failed")
+                await _send(stream, {"error": f"internal error: {e}"})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away (e.g. Ctrl-C); whatever it started goes on

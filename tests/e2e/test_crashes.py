@@ -36,7 +36,7 @@ from cachefs.localstore import NginxStore, TreeSpec, make_tree
 from cachefs.localstore.tree import KiB, MiB
 
 SEED = int(os.environ.get("CACHEFS_CRASH_SEED", "20"))
-TRIALS = int(os.environ.get("CACHEFS_CRASH_TRIALS", "24"))
+TRIALS = int(os.environ.get("CACHEFS_CRASH_TRIALS", "12"))
 MEDIUM = "big.bin"
 MEDIUM_SIZE = 40 * MiB + 777
 # Per response: the medium file takes about a second with the daemon's

@@ -90,7 +90,14 @@ def checked_read(mp: Path, tree: Tree, rel: str, piece: int = PIECE) -> ReadOutc
                     break
                 offset += len(got)
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError as e:
+            # A close whose FLUSH the kernel had sent when the daemon was
+            # killed ends with ECONNABORTED: an error, which is allowed.
+            out.errors.setdefault(rel, f"close: {e!r}")
+    if rel in out.errors:
+        return out
     if offset != size:
         out.wrong.append(f"{rel}: read {offset} bytes, the file has {size}")
     else:

@@ -35,7 +35,13 @@ async def slow(req: dict) -> AsyncIterator[dict]:
         await trio.sleep(0.001)
 
 
-HANDLERS = {"count": count, "fails": fails_after_one, "slow": slow}
+async def breaks(req: dict) -> AsyncIterator[dict]:
+    # A bug, or a database gone bad under a status request.
+    raise KeyError("not a RequestError")
+    yield {}
+
+
+HANDLERS = {"count": count, "fails": fails_after_one, "slow": slow, "breaks": breaks}
 
 
 async def ask(path: Path, message: dict) -> list[dict]:
@@ -130,5 +136,14 @@ def test_a_stale_socket_file_is_replaced_and_no_daemon_is_an_error(tmp_path: Pat
     async def test(served: Path) -> None:
         assert served == path
         assert await ask(path, {"op": "count", "n": 1}) == [{"i": 0}]
+
+    serving(tmp_path, test)
+
+
+def test_a_handler_that_breaks_answers_an_error_and_the_server_serves_on(tmp_path: Path) -> None:
+    async def test(path: Path) -> None:
+        with pytest.raises(ControlError, match="internal error"):
+            await ask(path, {"op": "breaks"})
+        assert await ask(path, {"op": "count", "n": 2}) == [{"i": 0}, {"i": 1}]
 
     serving(tmp_path, test)
