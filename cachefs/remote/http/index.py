@@ -53,7 +53,7 @@ from .client import parse_http_date
 from .listing import (
     JsonListingStream,
     ListedEntry,
-    Listing,
+    IndexPage,
     ListingFormat,
     NotAListing,
     detect_format,
@@ -137,7 +137,7 @@ class HttpIndexRemote(ClientOwner):
             raise BadResponse(f"{url}: {exc}") from None
         return await self._described(path, listing)
 
-    async def _described(self, path: str, listing: Listing) -> list[RemoteEntry]:
+    async def _described(self, path: str, listing: IndexPage) -> list[RemoteEntry]:
         """The entries of a parsed index page, with HEADs for what it leaves unsaid."""
         self._warn_rejected(path, listing.rejected)
 
@@ -203,12 +203,12 @@ class HttpIndexRemote(ClientOwner):
             async for piece in body:
                 items += stream.feed(piece)
                 if len(items) >= LISTING_BATCH:
-                    yield await self._described(path, Listing(ListingFormat.JSON, items, stream.rejected))
+                    yield await self._described(path, IndexPage(ListingFormat.JSON, items, stream.rejected))
                     items, stream.rejected = [], []
             items += stream.close()
         except NotAListing as exc:
             raise BadResponse(f"{url}: {exc}") from None
-        yield await self._described(path, Listing(ListingFormat.JSON, items, stream.rejected))
+        yield await self._described(path, IndexPage(ListingFormat.JSON, items, stream.rejected))
 
     def _warn_rejected(self, path: str, rejected: list[str]) -> None:
         for raw in rejected:
@@ -348,7 +348,7 @@ def _join(directory: str, name: str) -> str:
     return f"{directory}/{name}" if directory else name
 
 
-def _names_to_head(listing: Listing) -> list[str]:
+def _names_to_head(listing: IndexPage) -> list[str]:
     """Files the listing does not describe exactly, plus one to learn its clock.
 
     HTML indexes print times in the server's display zone (Apache: local

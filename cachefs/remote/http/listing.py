@@ -45,13 +45,13 @@ class ListedEntry:
     # None when the page shows no exact byte count (directories, "12K").
     size: int | None = None
     # Seconds since the epoch, or None when the page shows no time. For HTML
-    # pages the time zone is unknown and is read as UTC; see Listing.
+    # pages the time zone is unknown and is read as UTC; see IndexPage.
     mtime: float | None = None
 
 
 @dataclass
-class Listing:
-    """The parsed children of one directory, in page order."""
+class IndexPage:
+    """One directory index page, parsed: its children in page order."""
 
     format: ListingFormat
     entries: list[ListedEntry] = field(default_factory=list)
@@ -82,7 +82,7 @@ def detect_format(body: bytes, content_type: str | None) -> ListingFormat:
     raise NotAListing(f"not a directory index (Content-Type {media_type or 'missing'!r})")
 
 
-def parse_listing(body: bytes, content_type: str | None, page_url: str) -> Listing:
+def parse_listing(body: bytes, content_type: str | None, page_url: str) -> IndexPage:
     """Parse an index page fetched from `page_url` (the URL after redirects)."""
     fmt = detect_format(body, content_type)
     if fmt is ListingFormat.JSON:
@@ -104,9 +104,9 @@ def _charset(content_type: str | None) -> str:
 # ---------------------------------------------------------------- nginx JSON
 
 
-def parse_nginx_json(body: bytes) -> Listing:
+def parse_nginx_json(body: bytes) -> IndexPage:
     """Parse nginx `autoindex_format json`: names are literal, not URL-encoded."""
-    listing = Listing(ListingFormat.JSON)
+    listing = IndexPage(ListingFormat.JSON)
     try:
         # nginx copies file names byte for byte; keep invalid UTF-8 decodable
         # so one bad name does not hide the whole directory.
@@ -273,12 +273,12 @@ class _AnchorCollector(HTMLParser):
             self._row = None
 
 
-def parse_html(text: str, page_url: str) -> Listing:
+def parse_html(text: str, page_url: str) -> IndexPage:
     """Parse an HTML index page; only links to direct children count."""
     collector = _AnchorCollector()
     collector.feed(text)
     collector.close()
-    listing = Listing(ListingFormat.HTML)
+    listing = IndexPage(ListingFormat.HTML)
     by_name: dict[str, int] = {}
     for anchor in collector.anchors:
         child = _child_component(anchor.href, page_url)
