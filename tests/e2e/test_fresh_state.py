@@ -266,8 +266,19 @@ def runtime_dir_as_nobody(setup: str, *paths: str, xdg_runtime_dir: str | None =
     return answer
 
 
+def cachefs_package_dir() -> str:
+    import cachefs
+
+    return os.path.dirname(cachefs.__file__)
+
+
 @pytest.fixture(scope="module")
 def nobody_can_run_python() -> None:
+    # These tests give the namespace a private /tmp, which would hide a
+    # checkout or virtualenv kept under /tmp.
+    for where in (Path(sys.prefix), Path(cachefs_package_dir())):
+        if where.resolve().is_relative_to("/tmp"):
+            pytest.skip(f"{where} is under /tmp, which these tests replace with a private tmpfs")
     probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                             sys.executable, "-c", "import cachefs.daemon"],
                            capture_output=True, text=True, cwd="/", timeout=TIMEOUT_S, check=False)
