@@ -184,12 +184,8 @@ class Cache:
 
     async def acquire(self, key: str, version: str, size: int, mtime: float) -> CachedObject:
         """The cached object for this version, opened; pair with `release`."""
-        ident = (key, version)
         while (obj := self._objects.find(key, version)) is None:
-            # Not `a or b`: a trio.Event has no truth value.
-            busy = self._evictor.evicting.get(ident)
-            if busy is None:
-                busy = self._discards.pending(key, version)
+            busy = self._leaving(key, version)
             if busy is None:
                 break
             await busy.wait()  # then look again
@@ -200,13 +196,17 @@ class Cache:
         self._journal.opened(obj)
         return obj
 
+    def _leaving(self, key: str, version: str) -> trio.Event | None:
+        """Set once this version's eviction or discard, if one is under way, is done."""
+        evicting = self._evictor.evicting.get((key, version))
+        return evicting if evicting is not None else self._discards.pending(key, version)
+
     def acquire_complete(self, key: str, version: str, size: int, mtime: float) -> CachedObject | None:
         """Like `acquire`, but only for a complete object that needs no wait;
         otherwise None, and nothing is acquired."""
-        ident = (key, version)
         obj = self._objects.find(key, version)
         if obj is None:
-            if ident in self._evictor.evicting or self._discards.pending(key, version) is not None:
+            if self._leaving(key, version) is not None:
                 return None
             row = self._db.find_object(key, version)
             if row is None or not row.complete:

@@ -59,8 +59,8 @@ MAX_INTERIM_RESPONSES = 16
 DEADLINE_EXTENSION = "cachefs.deadline"
 DEADLINE_ENFORCED = "cachefs.deadline_enforced"
 
-# (scheme, host, port, proxy URL or ""): connections are pooled per origin.
-Origin = tuple[str, str, int, str]
+# (scheme, host, port, proxy or None): connections are pooled per origin.
+Origin = tuple[str, str, int, Proxy | None]
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -398,7 +398,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                  max_connections: int, proxies: ProxyChoice | None = None) -> None:
         """`fallback(proxy)` makes httpx's transport for what this one does not send."""
         self._make_fallback = fallback
-        self._fallbacks: dict[str, httpx.AsyncBaseTransport] = {}
+        self._fallbacks: dict[Proxy | None, httpx.AsyncBaseTransport] = {}
         self._proxies = proxies or ProxyChoice(None)
         self._slots = trio.Semaphore(max_connections)
         self._idle: dict[Origin, list[Http11Connection]] = {}
@@ -407,31 +407,31 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     def handles(self, request: httpx.Request) -> bool:
         """Whether this transport (rather than the fallback) sends `request`."""
-        if not (request.url.scheme in DEFAULT_PORTS
+        return self._sends(request, self._proxies.for_url(request.url))
+
+    @staticmethod
+    def _sends(request: httpx.Request, proxy: Proxy | None) -> bool:
+        return (request.url.scheme in DEFAULT_PORTS
                 and request.method.encode() in SIMPLE_METHODS
                 and "content-length" not in request.headers
-                and "transfer-encoding" not in request.headers):
-            return False
-        proxy = self._proxies.for_url(request.url)
-        return proxy is None or proxy.url.scheme == "http"
+                and "transfer-encoding" not in request.headers
+                and (proxy is None or proxy.url.scheme == "http"))
 
-    def _fallback(self, request: httpx.Request) -> httpx.AsyncBaseTransport:
-        proxy = self._proxies.for_url(request.url)
-        key = str(proxy.url) if proxy else ""
-        if key not in self._fallbacks:
-            self._fallbacks[key] = self._make_fallback(proxy)
-        return self._fallbacks[key]
+    def _fallback(self, proxy: Proxy | None) -> httpx.AsyncBaseTransport:
+        if proxy not in self._fallbacks:
+            self._fallbacks[proxy] = self._make_fallback(proxy)
+        return self._fallbacks[proxy]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not self.handles(request):
-            return await self._fallback(request).handle_async_request(request)
-        timeouts = Timeouts.of(request)
         url = request.url
         proxy = self._proxies.for_url(url)
+        if not self._sends(request, proxy):
+            return await self._fallback(proxy).handle_async_request(request)
+        timeouts = Timeouts.of(request)
         # Through a proxy, plain HTTP names the whole URL; HTTPS is tunnelled.
         head_bytes = request_head(request, proxy if proxy and url.scheme == "http" else None)
         method = request.method.encode()
-        origin = (url.scheme, url.host, url.port or DEFAULT_PORTS[url.scheme], str(proxy.url) if proxy else "")
+        origin = (url.scheme, url.host, url.port or DEFAULT_PORTS[url.scheme], proxy)
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
@@ -473,8 +473,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return conn
 
     async def _connect(self, origin: Origin, timeouts: Timeouts) -> Http11Connection:
-        scheme, host, port, proxy_url = origin
-        proxy = Proxy(httpx.URL(proxy_url)) if proxy_url else None
+        scheme, host, port, proxy = origin
         stream: trio.abc.Stream | None = None
         try:
             with trio.fail_at(timeouts.until(timeouts.connect)):
@@ -546,7 +545,7 @@ async def _tunnel(stream: trio.abc.Stream, proxy: Proxy, host: str, port: int, t
     if proxy.authorization is not None:
         lines.append(f"Proxy-Authorization: {proxy.authorization.decode('ascii')}")
     await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
-    conn = Http11Connection(stream, ("http", proxy.host, proxy.port, ""))
+    conn = Http11Connection(stream, ("http", proxy.host, proxy.port, None))
     head = await conn.receive_head(timeouts, b"CONNECT")
     if not 200 <= head.status < 300:
         raise httpx.ProxyError(f"the proxy {proxy.host}:{proxy.port} refused a tunnel to {authority}: "
