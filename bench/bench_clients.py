@@ -482,7 +482,8 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any], list[Goal]]:
         measure(bench, sources, peers, proxy, args.runs)
         load.append(os.getloadavg())
         elapsed = time.perf_counter() - started
-    by_binary = {p.binary: p for p in peers}
+    used = [p for p in peers if p.sources & set(args.sources)]
+    by_binary = {p.binary: p for p in used}
     versions = "; ".join(p.version() for p in by_binary.values())
     notes += [f"versions: {versions}" if versions else "peers: none",
               f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load[0])} at start, "
