@@ -258,17 +258,19 @@ class ClientBench:
                         {"source": source.name, "run": run, **opens})
         ws.remove_dir(cache)
 
-    def references(self, source: Source, run: int, proxy: TinyProxy | None = None) -> None:
+    def references(self, source: Source, run: int) -> None:
         """curl of the big object into a file on the same disk; native warm reads."""
-        out = self.rig.workspace.path / "curl.out"
-        if proxy is not None:
-            self.add(source, "curl-proxy", "big_cold", run,
-                     curl_mbps(source, self.files, out, proxy.url))
-            return
-        self.add(source, "curl", "big_cold", run, curl_mbps(source, self.files, out))
+        self.add(source, "curl", "big_cold", run,
+                 curl_mbps(source, self.files, self.rig.workspace.path / "curl.out"))
         drop_page_cache()
         self.add(source, "native", "small_warm", run,
                  self.small(source.root, f"native reads for {source.name}"))
+
+    def through_proxy(self, source: Source, run: int, proxy: TinyProxy) -> None:
+        """curl, then cachefs (small and big cold), through `proxy`."""
+        self.add(source, "curl-proxy", "big_cold", run,
+                 curl_mbps(source, self.files, self.rig.workspace.path / "curl.out", proxy.url))
+        self.client(source, PROXIED, run, ("--proxy", proxy.url), full=False)
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -304,8 +306,7 @@ def measure(bench: ClientBench, sources: list[Source], peers: list[Peer],
                     bench.note(f"{client} over {source.name} failed in run {run + 1}: {e}")
             if proxy is not None and source.name == "http":
                 say(f"run {run + 1}/{runs}, http: cachefs and curl through tinyproxy")
-                bench.references(source, run, proxy)
-                bench.client(source, PROXIED, run, ("--proxy", proxy.url), full=False)
+                bench.through_proxy(source, run, proxy)
 
 
 def say(text: str) -> None:

@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachefs.localstore.nginx import LOOPBACK, NginxStore
+from cachefs.localstore.nginx import HTML_PREFIX, LOOPBACK, NginxStore
 from cachefs.localstore.tls import make_server_cert
 
 from .data import FileSet
@@ -32,7 +32,6 @@ from .system import MB, BenchError
 
 SOURCE_NAMES = ("http", "https", "s3")
 BUCKET = "bench"
-HTML_PREFIX = "/html/"
 CURL_TIMEOUT_S = 600.0
 
 
