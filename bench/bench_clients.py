@@ -365,6 +365,8 @@ def goals(fig: Figures, sources: list[Source], peers: list[Peer], proxied: bool)
     def vs_best(src: str, key: str, target: float, at_least: bool, text: str) -> None:
         better = FIGURES[key][2]
         others = [p.name for p in peers if src in p.sources]
+        if not others:
+            return  # cachefs alone (--add none): nothing to judge against
         best, who = fig.best_per_run(src, others, key, better)
         out.append(Goal(text, target, at_least, paired_ratio(fig.runs(src, CACHEFS, key), best),
                         detail=f"best peer: {who}" if who else "no peer measured"))
