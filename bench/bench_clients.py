@@ -224,7 +224,7 @@ class ClientBench:
     def client(self, source: Source, client: str, run: int, options: tuple[str, ...] = (),
                full: bool = True) -> None:
         """All figures of `client` on `source` (with full=False: small and big cold only)."""
-        ws, label = self.rig.workspace, f"{client} over {source.name}"
+        ws, label = self.rig.workspace, f"run {run + 1}, {client} over {source.name}"
         name = f"cache-{client}-{source.name}-{run}"
         if full:
             with self.mounted(client, source, ws.fresh_dir(name), options) as (m, seconds):
