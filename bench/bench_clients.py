@@ -256,6 +256,9 @@ class ClientBench:
                     opens = daemon_stats(m.root).get("opens", {})
                     self.facts.setdefault("cachefs_warm_opens", []).append(
                         {"source": source.name, "run": run, **opens})
+                    if opens.get("passthrough", 0) < self.small_read:
+                        self.note(f"{label}: only {opens.get('passthrough', 0)} of "
+                                  f"{self.small_read} warm opens went through passthrough")
         ws.remove_dir(cache)
 
     def references(self, source: Source, run: int) -> None:

@@ -17,7 +17,6 @@ the reference: curl writing the object to a file on the same disk.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from cachefs.localstore.tls import make_server_cert
 
 from .data import FileSet
 from .rig import Rig
-from .system import MB, BenchError
+from .system import MB, BenchError, hash_whole
 
 SOURCE_NAMES = ("http", "https", "s3")
 BUCKET = "bench"
@@ -124,14 +123,6 @@ def start_sources(rig: Rig, root: Path, names: list[str]) -> list[Source]:
     return found
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def curl_mbps(source: Source, files: FileSet, out: Path, proxy: str | None = None) -> float:
     """curl fetches the big file into `out` (on the disk the caches use);
     MB/s by curl's own clock. The bytes are checked, then `out` is removed."""
@@ -149,7 +140,7 @@ def curl_mbps(source: Source, files: FileSet, out: Path, proxy: str | None = Non
         size, seconds = int(float(fields[0])), float(fields[1])
         if size != files.big_size or out.stat().st_size != files.big_size:
             raise BenchError(f"curl of {source.name} got {size} bytes, not {files.big_size}")
-        if files.expected is not None and file_sha256(out) != files.expected[files.big]:
+        if files.expected is not None and hash_whole(out)[1] != files.expected[files.big]:
             raise BenchError(f"curl of {source.name} got wrong bytes (sha256 differs)")
         return size / MB / seconds
     finally:
