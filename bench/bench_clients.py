@@ -66,17 +66,28 @@ from cachefs.localstore.tls import TlsError
 SMALL_SIZE = 16 * KiB
 CACHEFS = "cachefs"
 PROXIED = "cachefs-proxy"  # cachefs with --proxy through tinyproxy
-# Figures: key -> (title, unit, which way is better, digits).
-FIGURES: dict[str, tuple[str, str, Better, int]] = {
-    "mount": ("mount until it lists", "s", Better.LOWER, 2),
-    "ls_cold": ("ls -lR cold", "s", Better.LOWER, 3),
-    "ls_warm": ("ls -lR warm", "s", Better.LOWER, 3),
-    "small_cold": ("small files cold", "files/s", Better.HIGHER, 0),
-    "small_warm": ("small files warm", "files/s", Better.HIGHER, 0),
-    "big_cold": ("big file cold", "MB/s", Better.HIGHER, 0),
-    "cpu_file": ("CPU per small file", "ms", Better.LOWER, 2),
-    "cpu_mb": ("CPU per MB, big cold", "ms", Better.LOWER, 2),
-    "rss": ("peak RSS", "MiB", Better.LOWER, 0),
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How a figure is shown and compared."""
+
+    title: str
+    unit: str
+    better: Better
+    digits: int
+
+
+FIGURES: dict[str, Shown] = {
+    "mount": Shown("mount until it lists", "s", Better.LOWER, 2),
+    "ls_cold": Shown("ls -lR cold", "s", Better.LOWER, 3),
+    "ls_warm": Shown("ls -lR warm", "s", Better.LOWER, 3),
+    "small_cold": Shown("small files cold", "files/s", Better.HIGHER, 0),
+    "small_warm": Shown("small files warm", "files/s", Better.HIGHER, 0),
+    "big_cold": Shown("big file cold", "MB/s", Better.HIGHER, 0),
+    "cpu_file": Shown("CPU per small file", "ms", Better.LOWER, 2),
+    "cpu_mb": Shown("CPU per MB, big cold", "ms", Better.LOWER, 2),
+    "rss": Shown("peak RSS", "MiB", Better.LOWER, 0),
 }
 # The reference beside a figure: native reads of the source files, or curl.
 REFERENCE = {"small_warm": "native", "big_cold": "curl"}
@@ -230,7 +241,7 @@ class ClientBench:
             with self.mounted(client, source, ws.fresh_dir(name), options) as (m, seconds):
                 self.add(source, client, "mount", run, seconds)
                 for key in ("ls_cold", "ls_warm"):
-                    value = self.ls_lr(m.root, f"{label}: {FIGURES[key][0]}")
+                    value = self.ls_lr(m.root, f"{label}: {FIGURES[key].title}")
                     if value is not None:
                         self.add(source, client, key, run, value)
             ws.remove_dir(ws.path / name)
@@ -323,7 +334,8 @@ def source_table(fig: Figures, source: Source, clients: list[str]) -> str:
     """Figures by client, with cachefs over the best peer and over the reference."""
     peers = [c for c in clients if c != CACHEFS]
     rows = []
-    for key, (title, unit, better, digits) in FIGURES.items():
+    for key, shown in FIGURES.items():
+        title, unit, better, digits = shown.title, shown.unit, shown.better, shown.digits
         ref = REFERENCE.get(key)
         cells = [f"{title} ({unit})"]
         cells += [fmt_number(fig.median(source.name, c, key), digits)
@@ -366,7 +378,7 @@ def goals(fig: Figures, sources: list[Source], peers: list[Peer], proxied: bool)
     names = [s.name for s in sources]
 
     def vs_best(src: str, key: str, target: float, at_least: bool, text: str) -> None:
-        better = FIGURES[key][2]
+        better = FIGURES[key].better
         others = [p.name for p in peers if src in p.sources]
         if not others:
             return  # cachefs alone (--add none): nothing to judge against
