@@ -18,9 +18,9 @@ with 8 chunk streams, s3fs, httpdirfs) and gets the same measurements:
   page cache dropped, the files read again; native reads of the source's
   files, page cache dropped, are the reference.
 
-With tinyproxy (`./dev peers`), cachefs also reads the HTTP source through
-it (`--proxy`): small and big cold against the same run's direct figures,
-and curl through it as the ceiling. Every file read is checked by sha256 (the
+With tinyproxy (`./dev peers`), cachefs also reads the HTTP and HTTPS sources
+through it (`--proxy`): small and big cold against the same run's direct
+figures, and curl through it as the ceiling. Every file read is checked by sha256 (the
 big file in an untimed pass through the mount after its timed read); a wrong
 byte ends the run. Clients take turns within a run; figures are medians of
 --runs and ratios medians of run-by-run ratios. A goals table ends the
@@ -66,6 +66,7 @@ from cachefs.localstore.tls import TlsError
 SMALL_SIZE = 16 * KiB
 CACHEFS = "cachefs"
 PROXIED = "cachefs-proxy"  # cachefs with --proxy through tinyproxy
+PROXY_SOURCES = ("http", "https")  # HTTPS goes through the proxy with CONNECT
 
 
 @dataclass(frozen=True)
@@ -318,8 +319,8 @@ def measure(bench: ClientBench, sources: list[Source], peers: list[Peer],
                     # cachefs: note it and go on with the others.
                     failed.add((source.name, client))
                     bench.note(f"{client} over {source.name} failed in run {run + 1}: {e}")
-            if proxy is not None and source.name == "http":
-                say(f"run {run + 1}/{runs}, http: cachefs and curl through tinyproxy")
+            if proxy is not None and source.name in PROXY_SOURCES:
+                say(f"run {run + 1}/{runs}, {source.name}: cachefs and curl through tinyproxy")
                 bench.through_proxy(source, run, proxy)
 
 
@@ -353,18 +354,17 @@ def source_table(fig: Figures, source: Source, clients: list[str]) -> str:
     return f"{source.label}\n\n{format_table(head, rows)}"
 
 
-def proxy_table(fig: Figures) -> str:
+def proxy_table(fig: Figures, sources: list[str]) -> str:
     rows = []
-    for key, what in (("small_cold", "cachefs small files cold (files/s)"),
-                      ("big_cold", "cachefs big file cold (MB/s)")):
-        direct, proxied = fig.runs("http", CACHEFS, key), fig.runs("http", PROXIED, key)
-        rows.append([what, fmt_number(fig.median("http", CACHEFS, key)),
-                     fmt_number(fig.median("http", PROXIED, key)), _x(paired_ratio(proxied, direct))])
-    direct, proxied = fig.runs("http", "curl", "big_cold"), fig.runs("http", "curl-proxy", "big_cold")
-    rows.append(["curl, the ceiling (MB/s)", fmt_number(fig.median("http", "curl", "big_cold")),
-                 fmt_number(fig.median("http", "curl-proxy", "big_cold")),
-                 _x(paired_ratio(proxied, direct))])
-    return ("HTTP through tinyproxy (cachefs --proxy)\n\n"
+    for src in sources:
+        for client, key, what in ((CACHEFS, "small_cold", "cachefs small files cold (files/s)"),
+                                  (CACHEFS, "big_cold", "cachefs big file cold (MB/s)"),
+                                  ("curl", "big_cold", "curl, the ceiling (MB/s)")):
+            through = PROXIED if client == CACHEFS else "curl-proxy"
+            rows.append([f"{src}: {what}", fmt_number(fig.median(src, client, key)),
+                         fmt_number(fig.median(src, through, key)),
+                         _x(paired_ratio(fig.runs(src, through, key), fig.runs(src, client, key)))])
+    return ("Through tinyproxy (cachefs --proxy, curl --proxy)\n\n"
             + format_table(["figure", "direct", "through tinyproxy", "proxy/direct"], rows))
 
 
@@ -407,11 +407,11 @@ def goals(fig: Figures, sources: list[Source], peers: list[Peer], proxied: bool)
             out.append(Goal(f"HTTPS / HTTP, {what}", 0.8, True,
                             paired_ratio(fig.runs("https", CACHEFS, key),
                                          fig.runs("http", CACHEFS, key)), detail="cachefs"))
-    if proxied:
+    for src in (n for n in names if proxied and n in PROXY_SOURCES):
         for key, what in (("big_cold", "big file cold"), ("small_cold", "small files cold")):
-            out.append(Goal(f"through tinyproxy / direct, http, {what}", 0.8, True,
-                            paired_ratio(fig.runs("http", PROXIED, key),
-                                         fig.runs("http", CACHEFS, key)), detail="cachefs --proxy"))
+            out.append(Goal(f"through tinyproxy / direct, {src}, {what}", 0.8, True,
+                            paired_ratio(fig.runs(src, PROXIED, key),
+                                         fig.runs(src, CACHEFS, key)), detail="cachefs --proxy"))
     for src in names:
         out.append(Goal(f"mount until it lists, {src}", MOUNT_TARGET_S, False,
                         fig.median(src, CACHEFS, "mount"), unit="s", detail="cachefs"))
@@ -427,8 +427,9 @@ def render(bench: ClientBench, sources: list[Source], peers: list[Peer], proxied
     for source in sources:
         clients = [CACHEFS, *(p.name for p in peers if source.name in p.sources)]
         parts.append(source_table(bench.figures, source, clients))
-    if proxied:
-        parts.append(proxy_table(bench.figures))
+    through = [s.name for s in sources if s.name in PROXY_SOURCES]
+    if proxied and through:
+        parts.append(proxy_table(bench.figures, through))
     judged = goals(bench.figures, sources, peers, proxied)
     parts.append(goals_table(judged))
     parts.append("\n".join([
@@ -481,7 +482,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> tuple[str, dict[str, Any], list[Goal]]:
     require_tools("curl", "ls", "umount")
     peers, notes = choose_peers(args.add)
-    proxied = "http" in args.sources and not args.no_proxy_figure
+    proxied = bool(set(PROXY_SOURCES) & set(args.sources)) and not args.no_proxy_figure
     if proxied and find_tinyproxy() is None:
         proxied = False
         notes.append("skipped the proxy figures: tinyproxy is not installed (./dev peers)")
