@@ -1,38 +1,46 @@
-"""cachefs side by side with other HTTP caching clients on the same data (issue 7).
+"""cachefs and its peers side by side over HTTP, HTTPS and S3 (issue 17).
 
-One loopback nginx serves the data set of bench_core.py (a big file of random
-bytes and many 16 KiB files). Each client mounts it in turn and gets the same
-measurements, the columns of design.md's "Reference numbers":
+One generated data set (a big file of random bytes and many 16 KiB files in
+folders of 100) is served on loopback by nginx over HTTP and over HTTPS (a
+generated CA) and by SeaweedFS over S3 (`cachefs.benchmark.sources`). Each
+client mounts each source in turn (`cachefs.benchmark.peers`: rclone, rclone
+with 8 chunk streams, s3fs, httpdirfs) and gets the same measurements:
 
-- big file cold MB/s: fresh cache, new mount, source hot in the page cache;
-- big file warm MB/s: the same cache after a remount, page cache dropped;
-- big file hot MB/s: read again at once;
-- small files cold files/s: fresh cache and mount, every file read once;
-- ls -lR cold s: fresh cache and mount, `ls -lR` of the small-file tree.
+- mount: from the start of the mount command until the mount lists its root;
+- ls -lR cold and warm: on that fresh mount, `ls -lR` of the small files' tree,
+  then again at once;
+- small files cold: a new cache and mount, every small file read once;
+- big file cold: then, on that mount, the big file read start to end; curl
+  writing the same object to a file on the same disk is the reference;
+- the client's CPU (its process tree's user+sys, from /proc) per small file
+  and per MB over those two reads, and its peak RSS (VmHWM) after them;
+- small files warm: the same cache mounted again (cachefs: passthrough), the
+  page cache dropped, the files read again; native reads of the source's
+  files, page cache dropped, are the reference.
 
-Clients: cachefs always; "local disk" (the source files read directly, page
-cache dropped) as the reference; with --add, other clients if installed:
+With tinyproxy (`./dev peers`), cachefs also reads the HTTP and HTTPS sources
+through it (`--proxy`): small and big cold against the same run's direct
+figures, and curl through it as the ceiling. Every file read is checked by sha256 (the
+big file in an untimed pass through the mount after its timed read); a wrong
+byte ends the run. Clients take turns within a run; figures are medians of
+--runs and ratios medians of run-by-run ratios. A goals table ends the
+output: each goal of issue 17, its ratio, met or missed.
 
-- rclone: `rclone mount` of its http backend, --vfs-cache-mode full;
-- httpdirfs: `httpdirfs --cache`.
+A slow client's small-file passes and `ls -lR` stop after --small-budget
+seconds (files/s is then over the files read; ls -lR gets no figure), and the
+output says so. Mounts are unmounted, processes stopped by pid and the work
+folder removed at the end, also after an error or Ctrl-C.
 
-Both read nginx's HTML index (they do not parse its JSON one). A client that
-is not installed is skipped with a note (Debian: apt-get install rclone
-httpdirfs; this script never installs anything). Other clients run as our
-child processes in the foreground, are unmounted with umount and stopped by
-pid; everything is removed at the end, also after an error or Ctrl-C.
-
-    .venv/bin/python bench/bench_clients.py [--add rclone,httpdirfs|all]
-        [--big-size MiB] [--small-count N] [--runs N] [--json FILE]
+    .venv/bin/python bench/bench_clients.py [--sources http,https,s3] [--add LIST|none]
+        [--big-size MiB] [--small-count N] [--runs N] [--small-budget S] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -41,336 +49,376 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachefs.benchmark.data import BIG_NAME, SMALL_DIR, FileSet, generate
-from cachefs.benchmark.model import Record, Series
-from cachefs.benchmark.report import fmt_number, format_table
-from cachefs.benchmark.rig import MountBench, Rig
-from cachefs.benchmark.system import (BenchError, KiB, MiB, drop_page_cache, is_mounted,
-                                      lazy_unmount, make_hot, sequential_mbps,
-                                      sigterm_as_interrupt, timed)
-from cachefs.localstore.nginx import NginxError, NginxStore
+from cachefs.benchmark.data import SMALL_DIR, FileSet, generate
+from cachefs.benchmark.goals import Figures, Goal, goals_table
+from cachefs.benchmark.peers import PEERS, ChildMount, Peer, lists
+from cachefs.benchmark.proctree import tree_usage
+from cachefs.benchmark.proxy import TinyProxy, find_tinyproxy
+from cachefs.benchmark.report import host_info, write_json
+from cachefs.benchmark.rig import Rig, require_tools
+from cachefs.benchmark.sidebyside import (CACHEFS, FIGURES, PROXIED, PROXY_SOURCES, issue_goals,
+                                          proxy_table, source_table)
+from cachefs.benchmark.system import (MB, BenchError, KiB, MiB, daemon_of, daemon_stats,
+                                      drop_page_cache, hash_whole, make_hot, sequential_mbps,
+                                      sigterm_as_interrupt)
+from cachefs.benchmark.sources import SOURCE_NAMES, Source, curl_mbps, start_sources
+from cachefs.localstore.nginx import NginxError
+from cachefs.localstore.tls import TlsError
 
 SMALL_SIZE = 16 * KiB
-MOUNT_WAIT_S = 60.0
-EXIT_WAIT_S = 30.0
-# Columns of the table, in order: key -> (title, unit).
-FIGURES = {
-    "big_cold": ("big file cold", "MB/s"),
-    "big_warm": ("big file warm", "MB/s"),
-    "big_hot": ("big file hot", "MB/s"),
-    "small_cold": ("small files cold", "files/s"),
-    "ls_cold": ("ls -lR cold", "s"),
-    "mount": ("mount until it lists", "s"),
-}
-
-
-# -- clients --------------------------------------------------------------------------
-
-
 @dataclass
-class Client:
-    """How one client mounts `store` at a mountpoint with a cache dir."""
+class Mounted:
+    """A client's mount: where it shows the data, and the client's process."""
 
-    name: str
-    label: str
-    binary: str | None  # None: always available
-
-    def available(self) -> bool:
-        return self.binary is None or shutil.which(self.binary) is not None
-
-    def version(self) -> str:
-        if self.binary is None:
-            return ""
-        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True,
-                             check=False)
-        lines = (out.stdout + out.stderr).strip().splitlines()
-        # httpdirfs prints its libraries' versions too: take the line naming it.
-        mine = [line for line in lines if self.binary.lower() in line.lower()]
-        return (mine or lines or ["?"])[0].strip()
-
-    def argv(self, store: NginxStore, mountpoint: Path, cache: Path, work: Path) -> list[str]:
-        """The foreground command that mounts; overridden per external client."""
-        raise NotImplementedError
+    root: Path
+    pid: int
 
 
-class Rclone(Client):
-    def argv(self, store: NginxStore, mountpoint: Path, cache: Path, work: Path) -> list[str]:
-        # An empty config file: the remote is given on the command line only.
-        config = work / "rclone.conf"
-        config.touch()
-        return ["rclone", "mount", ":http:", str(mountpoint), "--config", str(config),
-                "--http-url", store.html_url, "--vfs-cache-mode", "full",
-                "--cache-dir", str(cache), "--read-only"]
-
-
-class Httpdirfs(Client):
-    def argv(self, store: NginxStore, mountpoint: Path, cache: Path, work: Path) -> list[str]:
-        # httpdirfs 1.2.5's own range check fails against nginx, which does
-        # answer ranged GETs with 206 (bench_core's curl and cachefs rely on
-        # it); without --no-range-check it refuses to read any file.
-        return ["httpdirfs", "-f", "--cache", "--no-range-check", "--cache-location", str(cache),
-                # httpdirfs drops one trailing slash of the root URL; nginx needs it.
-                store.html_url + "/", str(mountpoint)]
-
-
-CACHEFS = Client("cachefs", "cachefs", None)
-LOCAL = Client("local", "local disk", None)
-EXTERNAL: dict[str, Client] = {
-    "rclone": Rclone("rclone", "rclone mount (http, vfs full)", "rclone"),
-    "httpdirfs": Httpdirfs("httpdirfs", "httpdirfs --cache", "httpdirfs"),
-}
-
-
-class ChildMount:
-    """An external client run as our child in the foreground; mounted until stop()."""
-
-    def __init__(self, argv: list[str], mountpoint: Path, log: Path) -> None:
-        self.mountpoint = mountpoint
-        self.log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + MOUNT_WAIT_S
-        while not (is_mounted(mountpoint) and _lists(mountpoint)):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text("utf-8", "replace").strip().splitlines()[-5:]
-                self.stop()
-                raise BenchError(f"{argv[0]} did not mount: {' | '.join(tail) or 'no output'}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """umount, wait for the process; kill it by pid only if it does not exit."""
-        if is_mounted(self.mountpoint):
-            done = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, check=False)
-            if done.returncode != 0:
-                lazy_unmount(self.mountpoint)
-        try:
-            self.proc.wait(EXIT_WAIT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _lists(path: Path) -> bool:
+@contextlib.contextmanager
+def environ(extra: dict[str, str]) -> Iterator[None]:
+    """`extra` in os.environ for the block: what `cachefs mount` passes its daemon."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
     try:
-        return bool(os.listdir(path))
-    except OSError:
-        return False
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
-# -- the benchmark ------------------------------------------------------------------------
+def read_budgeted(paths: list[Path], expected: dict[str, str], root: Path,
+                  budget: float) -> tuple[int, float, bool]:
+    """Read whole files in order, each checked by sha256, until `budget`
+    seconds have passed; return (files read, seconds, budget hit)."""
+    start = time.perf_counter()
+    for n, path in enumerate(paths):
+        if time.perf_counter() - start > budget:
+            return n, time.perf_counter() - start, True
+        with open(path, "rb", buffering=0) as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != expected[str(path.relative_to(root))]:
+            raise BenchError(f"{path} read back wrong (sha256 differs)")
+    return len(paths), time.perf_counter() - start, False
 
 
-class ClientBench(MountBench):
-    def __init__(self, rig: Rig, store: NginxStore, files: FileSet) -> None:
-        super().__init__(rig, store.url, Record())
-        self.store = store
+class ClientBench:
+    """Every measurement of one client on one source, into `figures`."""
+
+    def __init__(self, rig: Rig, files: FileSet, args: argparse.Namespace) -> None:
+        self.rig = rig
         self.files = files
-        # client name -> figure key -> Series
-        self.series: dict[str, dict[str, Series]] = {}
+        self.args = args
+        self.figures = Figures()
+        self.notes: list[str] = []
+        self.facts: dict[str, Any] = {}
+        self.mountpoint = rig.workspace.fresh_dir("mnt")
         self.children: list[ChildMount] = []
+        self.buf = bytearray(MiB)
+        self.expected = files.expected or {}
+        self.small_read = len(files.small)
 
-    def add(self, client: Client, key: str, value: float) -> None:
-        title, unit = FIGURES[key]
-        per = self.series.setdefault(client.name, {})
-        per.setdefault(key, Series(title, unit)).add(value)
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def add(self, source: Source, client: str, figure: str, run: int, value: float) -> None:
+        self.figures.add(source.name, client, figure, run, value)
+
+    # -- mounting --
 
     @contextlib.contextmanager
-    def shown_by(self, client: Client, cache: Path, *, time_mount: bool = False) -> Iterator[Path]:
-        """The data as `client` shows it (for local disk: the source dir itself).
-
-        `time_mount`: record the time from starting the client until its
-        mount lists the root (the "mount" figure)."""
-        if client is LOCAL:
-            yield self.store.root
-            return
-        started = time.monotonic()
-        if client is CACHEFS:
-            self.mount(cache)
-            if not _lists(self.mountpoint):
+    def mounted(self, client: str, source: Source, cache: Path,
+                options: tuple[str, ...] = ()) -> Iterator[tuple[Mounted, float]]:
+        """`client` mounts `source` with `cache`; yields the mount and the
+        seconds from the start of its command until the root listed."""
+        started = time.perf_counter()
+        if client in (CACHEFS, PROXIED):
+            with environ(source.env):
+                self.rig.mounts.mount(source.cachefs_url, self.mountpoint, cache,
+                                      *source.cachefs_options, *options)
+            if not lists(self.mountpoint):
                 raise BenchError("cachefs mounted, but its root does not list")
-            if time_mount:
-                self.add(client, "mount", time.monotonic() - started)
+            seconds = time.perf_counter() - started
             try:
-                yield self.mountpoint
+                yield Mounted(self.mountpoint, daemon_of(self.mountpoint).pid), seconds
             finally:
-                self.unmount()
+                self.rig.mounts.unmount(self.mountpoint)
             return
+        peer = PEERS[client]
         work = self.rig.workspace.path
-        argv = client.argv(self.store, self.mountpoint, cache, work)
-        child = ChildMount(argv, self.mountpoint, work / f"{client.name}.log")
-        if time_mount:
-            self.add(client, "mount", time.monotonic() - started)
+        launch = peer.launch(source, self.mountpoint, cache, work)
+        child = ChildMount(launch, self.mountpoint, work / f"{client}-{source.name}.log")
+        seconds = time.perf_counter() - started
         self.children.append(child)
         try:
-            yield self.mountpoint
+            yield Mounted(self.mountpoint, child.pid), seconds
         finally:
             child.stop()
             self.children.remove(child)
-
-    def log_tail(self, client: Client, lines: int = 3) -> str:
-        log = self.rig.workspace.path / f"{client.name}.log"
-        try:
-            return " | ".join(log.read_text("utf-8", "replace").strip().splitlines()[-lines:])
-        except OSError:
-            return "none"
 
     def stop_children(self) -> None:
         for child in list(self.children):
             child.stop()
 
-    def read_big(self, root: Path) -> float:
-        return sequential_mbps(root / BIG_NAME, self.files.big_size, self.buf)
+    # -- measurements --
 
-    def source_hot(self) -> None:
-        make_hot([self.store.root / BIG_NAME, *self.files.small_paths(self.store.root)])
-        os.sync()
+    def source_hot(self, source: Source) -> None:
+        """The store's files in the page cache, so the store answers from memory."""
+        make_hot([p for d in source.hot_dirs for p in sorted(d.rglob("*")) if p.is_file()])
 
-    def run_once(self, client: Client, i: int) -> None:
-        cache = self.rig.workspace.fresh_dir(f"cache-{client.name}-{i}")
-        local = client is LOCAL
-        if local:
-            drop_page_cache()
-        else:
-            self.source_hot()
-        with self.shown_by(client, cache) as root:
-            self.add(client, "big_cold", self.read_big(root))
-        with self.shown_by(client, cache) as root:
-            drop_page_cache()
-            self.add(client, "big_warm", self.read_big(root))
-            self.add(client, "big_hot", self.read_big(root))
-        self.rig.workspace.remove_dir(cache)
+    def ls_lr(self, root: Path, what: str) -> float | None:
+        """Seconds of `ls -lR` of the small files' tree (None: over the budget)."""
+        start = time.perf_counter()
+        try:
+            out = subprocess.run(["ls", "-lR", str(root / SMALL_DIR)], capture_output=True,
+                                 text=True, check=True, timeout=self.args.small_budget)
+        except subprocess.TimeoutExpired:
+            self.note(f"{what}: stopped at the {self.args.small_budget:g} s budget, no figure")
+            return None
+        seconds = time.perf_counter() - start
+        listed = sum(1 for line in out.stdout.splitlines() if line.startswith("-"))
+        if listed != len(self.files.small):
+            raise BenchError(f"{what} listed {listed} files, not {len(self.files.small)}")
+        return seconds
 
-        cache = self.rig.workspace.fresh_dir(f"cache-{client.name}-{i}")
-        drop_page_cache() if local else self.source_hot()
-        with self.shown_by(client, cache) as root:
-            paths = self.files.small_paths(root)
-            seconds, _ = timed(make_hot, paths)
-            self.add(client, "small_cold", len(paths) / seconds)
-        self.rig.workspace.remove_dir(cache)
+    def small(self, root: Path, what: str) -> float:
+        paths = self.files.small_paths(root)
+        n, seconds, hit = read_budgeted(paths, self.expected, root, self.args.small_budget)
+        if hit:
+            self.note(f"{what}: stopped at the {self.args.small_budget:g} s budget "
+                      f"after {n} of {len(paths)} files")
+        if n == 0:
+            raise BenchError(f"{what}: no file read within the budget")
+        self.small_read = n  # what the CPU per file divides by
+        return n / seconds
 
-        cache = self.rig.workspace.fresh_dir(f"cache-{client.name}-{i}")
-        if local:
-            drop_page_cache()
-        with self.shown_by(client, cache, time_mount=True) as root:
-            seconds, out = timed(subprocess.run, ["ls", "-lR", str(root / SMALL_DIR)],
-                                 capture_output=True, text=True, check=True)
-            listed = sum(1 for line in out.stdout.splitlines() if line.startswith("-"))
-            if listed != len(self.files.small):
-                raise BenchError(f"{client.name}: ls -lR listed {listed} files, "
-                                 f"not {len(self.files.small)}")
-            self.add(client, "ls_cold", seconds)
-        self.rig.workspace.remove_dir(cache)
+    def big(self, root: Path, what: str) -> float:
+        mbps = sequential_mbps(root / self.files.big, self.files.big_size, self.buf)
+        # Untimed: the bytes the client now serves from its cache must be the source's.
+        n, digest = hash_whole(root / self.files.big)
+        if n != self.files.big_size or digest != self.expected[self.files.big]:
+            raise BenchError(f"{what}: the big file read back wrong (sha256 differs)")
+        return mbps
+
+    def client(self, source: Source, client: str, run: int, options: tuple[str, ...] = (),
+               full: bool = True) -> None:
+        """All figures of `client` on `source` (with full=False: small and big cold only)."""
+        ws, label = self.rig.workspace, f"run {run + 1}, {client} over {source.name}"
+        name = f"cache-{client}-{source.name}-{run}"
+        if full:
+            with self.mounted(client, source, ws.fresh_dir(name), options) as (m, seconds):
+                self.add(source, client, "mount", run, seconds)
+                for key in ("ls_cold", "ls_warm"):
+                    value = self.ls_lr(m.root, f"{label}: {FIGURES[key].title}")
+                    if value is not None:
+                        self.add(source, client, key, run, value)
+            ws.remove_dir(ws.path / name)
+        cache = ws.fresh_dir(name)
+        self.source_hot(source)
+        with self.mounted(client, source, cache, options) as (m, _):
+            before = tree_usage(m.pid)
+            self.add(source, client, "small_cold", run, self.small(m.root, f"{label}: small cold"))
+            middle = tree_usage(m.pid)
+            self.add(source, client, "big_cold", run, self.big(m.root, f"{label}: big cold"))
+            after = tree_usage(m.pid)
+            self.add(source, client, "cpu_file", run,
+                     (middle.cpu_s - before.cpu_s) / self.small_read * 1000)
+            self.add(source, client, "cpu_mb", run,
+                     (after.cpu_s - middle.cpu_s) / (self.files.big_size / MB) * 1000)
+            self.add(source, client, "rss", run, tree_usage(m.pid).peak_rss_mib)
+        if full:
+            with self.mounted(client, source, cache, options) as (m, _):
+                drop_page_cache()
+                self.add(source, client, "small_warm", run,
+                         self.small(m.root, f"{label}: small warm"))
+                if client == CACHEFS:
+                    opens = daemon_stats(m.root).get("opens", {})
+                    self.facts.setdefault("cachefs_warm_opens", []).append(
+                        {"source": source.name, "run": run, **opens})
+                    if opens.get("passthrough", 0) < self.small_read:
+                        self.note(f"{label}: only {opens.get('passthrough', 0)} of "
+                                  f"{self.small_read} warm opens went through passthrough")
+        ws.remove_dir(cache)
+
+    def references(self, source: Source, run: int) -> None:
+        """curl of the big object into a file on the same disk; native warm reads."""
+        self.add(source, "curl", "big_cold", run,
+                 curl_mbps(source, self.files, self.rig.workspace.path / "curl.out"))
+        drop_page_cache()
+        self.add(source, "native", "small_warm", run,
+                 self.small(source.root, f"native reads for {source.name}"))
+
+    def through_proxy(self, source: Source, run: int, proxy: TinyProxy) -> None:
+        """curl, then cachefs (small and big cold), through `proxy`."""
+        self.add(source, "curl-proxy", "big_cold", run,
+                 curl_mbps(source, self.files, self.rig.workspace.path / "curl.out", proxy.url))
+        self.client(source, PROXIED, run, ("--proxy", proxy.url), full=False)
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def clients_for(source: Source, peers: list[Peer], run: int) -> list[str]:
+    """cachefs and the peers that read `source`, rotated by the run's number so
+    that no client is always first after the source was made hot."""
+    names = [CACHEFS, *(p.name for p in peers if source.name in p.sources)]
+    shift = run % len(names)
+    return names[shift:] + names[:shift]
+
+
+def measure(bench: ClientBench, sources: list[Source], peers: list[Peer],
+            proxy: TinyProxy | None, runs: int) -> None:
+    failed: set[tuple[str, str]] = set()
+    for run in range(runs):
+        for source in sources:
+            say(f"run {run + 1}/{runs}, {source.name}: curl and native reads")
+            bench.references(source, run)
+            for client in clients_for(source, peers, run):
+                if (source.name, client) in failed:
+                    continue
+                say(f"run {run + 1}/{runs}, {source.name}: {client}")
+                try:
+                    bench.client(source, client, run)
+                except (BenchError, OSError, subprocess.CalledProcessError) as e:
+                    if client == CACHEFS:
+                        raise
+                    # A peer failing says something about it, not about
+                    # cachefs: note it and go on with the others.
+                    failed.add((source.name, client))
+                    bench.note(f"{client} over {source.name} failed in run {run + 1}: {e}")
+            if proxy is not None and source.name in PROXY_SOURCES:
+                say(f"run {run + 1}/{runs}, {source.name}: cachefs and curl through tinyproxy")
+                bench.through_proxy(source, run, proxy)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 # -- report -------------------------------------------------------------------------------
 
 
-def render(bench: ClientBench, clients: list[Client], notes: list[str], header: str) -> str:
-    rows = []
-    for client in clients:
-        per = bench.series.get(client.name, {})
-        row = [client.label]
-        for key, (_title, unit) in FIGURES.items():
-            s = per.get(key)
-            digits = 2 if unit == "s" else 0
-            if s is None or s.median is None:
-                row.append("n/a")
-            else:
-                row.append(f"{fmt_number(s.median, digits)} ({fmt_number(s.low, digits)}-"
-                           f"{fmt_number(s.high, digits)})")
-        rows.append(row)
-    head = ["client", *(f"{t} {u}" for t, u in FIGURES.values())]
-    return "\n".join([header, "", format_table(head, rows), "",
-                      "median (min-max) of the runs; warm = cache complete, page cache dropped; "
-                      "hot = page cache kept.", *notes])
+def render(bench: ClientBench, sources: list[Source], peers: list[Peer], proxied: bool,
+           header: str, notes: list[str]) -> tuple[str, list[Goal]]:
+    parts = [header]
+    for source in sources:
+        clients = [CACHEFS, *(p.name for p in peers if source.name in p.sources)]
+        parts.append(source_table(bench.figures, source, clients))
+    through = [s.name for s in sources if s.name in PROXY_SOURCES]
+    if proxied and through:
+        parts.append(proxy_table(bench.figures, through))
+    judged = issue_goals(bench.figures, sources, peers, proxied)
+    parts.append(goals_table(judged))
+    parts.append("\n".join([
+        "medians of the runs; ratios are medians of run-by-run ratios (best peer: the best of "
+        "each run); CPU and RSS are the client's process tree's, from /proc; MB = 10^6 bytes.",
+        *bench.notes, *notes]))
+    return "\n\n".join(parts), judged
 
 
-def choose_clients(wanted: str) -> tuple[list[Client], list[str]]:
-    names = [] if not wanted else (list(EXTERNAL) if wanted == "all" else wanted.split(","))
-    clients, notes = [LOCAL, CACHEFS], []
-    for name in names:
-        client = EXTERNAL.get(name.strip())
-        if client is None:
-            raise BenchError(f"unknown client {name!r}; known: {', '.join(EXTERNAL)}")
-        if client.available():
-            clients.append(client)
+# -- main ---------------------------------------------------------------------------------
+
+
+def choose_peers(wanted: str) -> tuple[list[Peer], list[str]]:
+    names = list(PEERS) if wanted == "all" else [] if wanted == "none" else wanted.split(",")
+    peers, notes = [], []
+    for name in (n.strip() for n in names):
+        peer = PEERS.get(name)
+        if peer is None:
+            raise BenchError(f"unknown peer {name!r}; known: {', '.join(PEERS)}, all, none")
+        if peer.path() is None:
+            notes.append(f"skipped {name}: {peer.binary} is not installed (./dev peers)")
         else:
-            notes.append(f"skipped {name}: not installed (Debian: apt-get install {client.binary})")
-    return clients, notes
+            peers.append(peer)
+    return peers, notes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--add", default="", metavar="LIST",
-                   help=f"other clients to measure, comma-separated ({', '.join(EXTERNAL)}) or 'all'")
+    p.add_argument("--sources", default="http,https,s3", metavar="LIST",
+                   help=f"comma-separated, of {', '.join(SOURCE_NAMES)} (default: all)")
+    p.add_argument("--add", default="all", metavar="LIST",
+                   help=f"peers to run beside cachefs: {', '.join(PEERS)}, 'all' (default: "
+                        "those installed) or 'none' (cachefs alone)")
     p.add_argument("--big-size", type=int, default=256, metavar="MiB", help="big file (default 256)")
-    p.add_argument("--small-count", type=int, default=500, metavar="N",
-                   help="16 KiB files (default 500)")
-    p.add_argument("--runs", type=int, default=3, metavar="N", help="repetitions (default 3)")
+    p.add_argument("--small-count", type=int, default=1000, metavar="N",
+                   help="16 KiB files, in folders of 100 (default 1000)")
+    p.add_argument("--runs", type=int, default=2, metavar="N", help="repetitions (default 2)")
+    p.add_argument("--small-budget", type=float, default=30.0, metavar="S",
+                   help="seconds a client's small-file pass or ls -lR may take (default 30)")
+    p.add_argument("--no-proxy-figure", action="store_true",
+                   help="skip cachefs through tinyproxy")
     p.add_argument("--json", type=Path, metavar="FILE", help="write all raw numbers here")
     args = p.parse_args(argv)
-    if min(args.big_size, args.small_count, args.runs) < 1:
-        p.error("--big-size, --small-count and --runs must be at least 1")
+    if min(args.big_size, args.small_count, args.runs) < 1 or args.small_budget <= 0:
+        p.error("--big-size, --small-count, --runs and --small-budget must be positive")
+    args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     return args
+
+
+def run(args: argparse.Namespace) -> tuple[str, dict[str, Any], list[Goal]]:
+    require_tools("curl", "ls", "umount")
+    peers, notes = choose_peers(args.add)
+    proxied = bool(set(PROXY_SOURCES) & set(args.sources)) and not args.no_proxy_figure
+    if proxied and find_tinyproxy() is None:
+        proxied = False
+        notes.append("skipped the proxy figures: tinyproxy is not installed (./dev peers)")
+    with Rig("cachefs-clients-") as rig:
+        say(f"generating {args.big_size} MiB + {args.small_count} x 16 KiB in "
+            f"{rig.workspace.path} ...")
+        root = rig.workspace.fresh_dir("store")
+        files = generate(root, args.big_size * MiB, args.small_count, SMALL_SIZE)
+        say(f"serving it over {', '.join(args.sources)} ...")
+        sources = start_sources(rig, root, args.sources)
+        proxy = rig.serve(TinyProxy(rig.workspace.fresh_dir("tinyproxy"))) if proxied else None
+        bench = ClientBench(rig, files, args)
+        rig.callback(bench.stop_children)
+        load = [os.getloadavg()]
+        started = time.perf_counter()
+        measure(bench, sources, peers, proxy, args.runs)
+        load.append(os.getloadavg())
+        elapsed = time.perf_counter() - started
+    used = [p for p in peers if p.sources & set(args.sources)]
+    by_binary = {p.binary: p for p in used}
+    versions = "; ".join(p.version() for p in by_binary.values())
+    notes += [f"versions: {versions}" if versions else "peers: none",
+              f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load[0])} at start, "
+              f"{' '.join(f'{x:.2f}' for x in load[1])} at end ({os.cpu_count()} CPUs); "
+              f"{elapsed:.0f} s of measuring"]
+    header = (f"cachefs and its peers side by side: big file {args.big_size} MiB, "
+              f"{args.small_count} x 16 KiB, loopback, median of {args.runs} runs")
+    table, judged = render(bench, sources, peers, proxied, header, notes)
+    report = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "host": host_info(),
+        "figures": [{"source": s, "client": c, "figure": f, "runs": v}
+                    for (s, c, f), v in bench.figures.values.items()],
+        "goals": [{"goal": g.text, "measured": g.measured, "target": g.target,
+                   "at_least": g.at_least, "unit": g.unit, "verdict": g.verdict.value,
+                   "against": g.detail} for g in judged],
+        "facts": bench.facts, "notes": [*bench.notes, *notes],
+    }
+    return table, report, judged
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sigterm_as_interrupt()
     try:
-        clients, notes = choose_clients(args.add)
-        with Rig("cachefs-clients-") as rig:
-            print(f"generating {args.big_size} MiB + {args.small_count} x 16 KiB in "
-                  f"{rig.workspace.path} ...", file=sys.stderr, flush=True)
-            source = rig.workspace.fresh_dir("store")
-            files = generate(source, args.big_size * MiB, args.small_count, SMALL_SIZE)
-            store = rig.serve(NginxStore(source, rig.workspace.fresh_dir("nginx")))
-            bench = ClientBench(rig, store, files)
-            rig.callback(bench.stop_children)
-            load = [os.getloadavg()[0]]
-            failed: set[str] = set()
-            for i in range(args.runs):
-                # Clients take turns within a run, so drift spreads over all of them.
-                for client in clients:
-                    if client.name in failed:
-                        continue
-                    print(f"run {i + 1}/{args.runs}: {client.label} ...", file=sys.stderr, flush=True)
-                    try:
-                        bench.run_once(client, i)
-                    except (BenchError, OSError, subprocess.CalledProcessError) as e:
-                        if client is CACHEFS or client is LOCAL:
-                            raise
-                        # Another client failing says something about it, not
-                        # about cachefs: note it and go on with the others.
-                        failed.add(client.name)
-                        notes.append(f"{client.name} failed in run {i + 1}: {e}; "
-                                     f"log: {bench.log_tail(client)}")
-            load.append(os.getloadavg()[0])
+        table, report, _ = run(args)
     except KeyboardInterrupt:
         print("bench: interrupted; cleaned up", file=sys.stderr)
         return 130
-    except (BenchError, NginxError, subprocess.CalledProcessError) as e:
+    except (BenchError, NginxError, TlsError, subprocess.CalledProcessError) as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
-    versions = [f"{c.name}: {c.version()}" for c in clients if c.binary]
-    notes = [*notes, f"versions: {'; '.join(versions)}" if versions else "",
-             f"load average (1 min): {load[0]:.2f} at start, {load[1]:.2f} at end "
-             f"({os.cpu_count()} CPUs)"]
-    header = (f"clients side by side: big file {args.big_size} MiB, {args.small_count} x 16 KiB, "
-              f"nginx on loopback, {args.runs} runs (MB = 10^6 bytes)")
-    print(render(bench, clients, [n for n in notes if n], header))
+    print(table)
     if args.json:
-        report: dict[str, Any] = {
-            "config": vars(args) | {"json": str(args.json)},
-            "clients": {c.name: {k: {"runs": s.values, "median": s.median, "min": s.low,
-                                     "max": s.high, "unit": s.unit}
-                                 for k, s in bench.series.get(c.name, {}).items()}
-                        for c in clients},
-            "notes": notes,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(report, args.json)
+        print(f"raw numbers: {args.json}")
     return 0
 
 

@@ -14,6 +14,15 @@ ratios to native, written as JSON and drawn as a PNG chart.
     report.py   the table and the JSON document
     chart.py    the PNG
 
+bench/bench_clients.py's side-by-side run of cachefs and its peers:
+
+    sources.py     HTTP, HTTPS (a generated CA) and S3 (SeaweedFS) stores, curl's reads
+    peers.py       rclone, s3fs, httpdirfs: their mount commands, run as children
+    proxy.py       tinyproxy, for the through-a-proxy figures
+    proctree.py    a client's process tree: CPU time and peak RSS from /proc
+    goals.py       figures by run, run-by-run ratios, goals and their table
+    sidebyside.py  its figures, tables and issue 17's goals
+
 The longer benchmarks in bench/ are scripts on top of these modules: they
 keep their own measurements and tables, and share everything else here.
 """

@@ -1,4 +1,5 @@
-"""Fixtures of the e2e tier: the generated tree, an nginx store over it, and real mounts.
+"""Fixtures of the e2e tier: the generated tree, an nginx store over it, a
+SeaweedFS S3 server, and real mounts.
 
 The tree (with a file past 256 MiB) and nginx are built once per session. The
 `mount` fixture is a `Mounter` (tests/support/mounter.py): it runs the real
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cachefs.localstore import NginxStore, make_tree, test_spec
+from cachefs.localstore.seaweed import SeaweedStore
 from mounter import Mounter, Tree
 
 # Variables a user's session may set that change where cachefs keeps things or
@@ -58,6 +60,14 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
 def store(tree: Tree, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxStore]:
     with NginxStore(tree.root, tmp_path_factory.mktemp("nginx")) as nginx:
         yield nginx
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedStore]:
+    """One SeaweedFS server (a real S3 store) for the whole session; each
+    test module fills buckets of its own."""
+    with SeaweedStore(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
 
 
 @pytest.fixture
