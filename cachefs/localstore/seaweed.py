@@ -38,7 +38,7 @@ REGION = "us-east-1"
 START_TIMEOUT_S = 60.0
 # A clean stop can hang on draining gRPC streams; the data is disposable, so
 # SIGKILL follows soon.
-STOP_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.1
 # A port picked as free may be taken before weed binds it; try a few times.
 START_ATTEMPTS = 3

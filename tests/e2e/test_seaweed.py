@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 
 from mounter import Mounter
 from s3_fixtures import SeaweedS3
@@ -26,12 +27,16 @@ from test_lifecycle_tools import fsck, problems
 
 from cachefs.localstore.seaweed import SeaweedStore
 from cachefs.localstore.tree import CHUNK
+from cachefs.remote import S3Options, open_remote
 
 MiB = 1024 * 1024
 # S3's smallest part but the last.
 PART = 5 * MiB
 SMOKE_BUCKET = "cachefs-seaweed-smoke"
 BUCKET = "cachefs-seaweed"
+PAGES_BUCKET = "cachefs-seaweed-pages"
+# Past two of SeaweedFS's 1000-key pages (each PUT costs a few ms).
+PAGED_KEYS = 2100
 # Objects of the bucket the tests only read, and how each was uploaded: its
 # part sizes (one part: a plain PUT). Neither kind of boundary lines up with
 # the other: parts end at 5, 10, 15, 20 MiB, chunks at 8 and 16 MiB.
@@ -290,3 +295,29 @@ def test_deleted_object_disappears_for_new_opens(
     mount.umount(mp)
     code, reports = fsck(cache, "--verify-remote")
     assert {kind for kind, _ in problems(reports)} <= {"stale"}, reports
+
+
+# -- listings -----------------------------------------------------------------------
+
+
+def test_listing_pages_of_a_real_server(server: SeaweedS3, s3_env: SeaweedS3,
+                                        mount: Mounter) -> None:
+    """Continuation tokens and common prefixes as a real server pages them."""
+    server.make_bucket(PAGES_BUCKET)
+    names = {f"k{i:05d}" for i in range(PAGED_KEYS)}
+    server.put_keys(PAGES_BUCKET, [f"flat/{name}" for name in sorted(names)])
+    server.put_keys(PAGES_BUCKET, ["flat/sub/inside.txt", "flatter/outside.txt"], b"x")
+
+    async def main() -> tuple[set[str], set[str]]:
+        remote = open_remote(f"s3://{PAGES_BUCKET}/flat", S3Options(endpoint_url=server.url))
+        try:
+            entries = await remote.list_dir("")
+        finally:
+            await remote.aclose()
+        return {e.name for e in entries if not e.is_dir}, {e.name for e in entries if e.is_dir}
+
+    files, dirs = trio.run(main)
+    assert files == names and dirs == {"sub"}
+    mp = mount(f"s3://{PAGES_BUCKET}/flat", None, *s3_env.mount_args())
+    assert set(os.listdir(mp)) == names | {"sub"}
+    assert os.listdir(mp / "sub") == ["inside.txt"]
