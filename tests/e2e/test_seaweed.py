@@ -277,6 +277,25 @@ def test_replaced_object_never_mixes_versions(
     assert code in (0, 1), reports
 
 
+def test_change_found_by_a_read_reaches_new_opens(
+    changing: tuple[str, Uploaded], s3_env: SeaweedS3, mount: Mounter,
+) -> None:
+    """With the listing still fresh (default TTL), a read that finds the
+    object replaced fails, and from then on opens get the new object."""
+    key, old = changing
+    mp = mount(f"s3://{BUCKET}", None, *s3_env.mount_args())
+    new = seeded_bytes(key + "/v3", len(old.data))
+    with open(mp / key, "rb", buffering=0) as f:
+        # Chunk 1 only: nothing fetches chunk 0 ahead of a reader moving forward.
+        assert os.pread(f.fileno(), 4096, CHUNK) == old.data[CHUNK:CHUNK + 4096]
+        put_in_parts(s3_env, BUCKET, key, new, (PART, len(new) - PART))
+        with pytest.raises(OSError) as failed:
+            os.pread(f.fileno(), 4096, 0)
+        assert failed.value.errno == errno.EIO
+        assert os.pread(f.fileno(), 4096, CHUNK) == old.data[CHUNK:CHUNK + 4096]
+    assert (mp / key).read_bytes() == new
+
+
 def test_deleted_object_disappears_for_new_opens(
     changing: tuple[str, Uploaded], s3_env: SeaweedS3, mount: Mounter, tmp_path: Path,
 ) -> None:
