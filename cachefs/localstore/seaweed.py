@@ -146,6 +146,10 @@ class SeaweedStore:
     def data_dir(self) -> Path:
         return self.workdir / "data"
 
+    @property
+    def tmp_dir(self) -> Path:
+        return self.workdir / "tmp"
+
     def env(self) -> dict[str, str]:
         """The AWS variables that sign requests as this server's one user."""
         return {
@@ -163,7 +167,8 @@ class SeaweedStore:
         weed = find_weed()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
-        # weed reads master.toml from its working directory.
+        self.tmp_dir.mkdir(exist_ok=True)
+        # weed reads master.toml from its config dir.
         (self.workdir / "master.toml").write_text(MASTER_TOML)
         (self.workdir / "s3.json").write_text(json.dumps(self._identities()))
         last_error = ""
@@ -172,9 +177,13 @@ class SeaweedStore:
             self._our_sockets = [p for p in self._grpc_sockets() if not p.exists()]
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
-                    [weed, "server", *self._arguments()],
+                    # Logs to stderr (our log file) only: by default weed
+                    # also writes log files into the temp dir.
+                    [weed, "-logtostderr", f"-config_dir={self.workdir}",
+                     "server", *self._arguments()],
                     cwd=self.workdir, stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT,
+                    env=dict(os.environ, TMPDIR=str(self.tmp_dir)),
                 )
             if self._wait_until_ready():
                 return self
@@ -286,20 +295,24 @@ class SeaweedStore:
         assert self._proc is not None and self.ports is not None
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + START_TIMEOUT_S
-        volume_joined = False
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 return False
-            try:
-                if not volume_joined:
-                    volume_joined = self._volume_joined(opener)
-                if volume_joined:
-                    self.client().list_buckets()
-                    return True
-            except Exception:  # noqa: BLE001 - not up yet, whatever the failure
-                pass
+            if self._volume_joined(opener) and self._s3_answers(opener):
+                # Signed, as every later request: the identities are loaded.
+                self.client().list_buckets()
+                return True
             time.sleep(POLL_INTERVAL_S)
         return False
+
+    def _s3_answers(self, opener: urllib.request.OpenerDirector) -> bool:
+        try:
+            with opener.open(self.endpoint_url, timeout=2.0):
+                return True
+        except urllib.error.HTTPError:
+            return True  # refused unsigned: it is up
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
 
     def _volume_joined(self, opener: urllib.request.OpenerDirector) -> bool:
         assert self.ports is not None
