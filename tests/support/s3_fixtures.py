@@ -38,6 +38,8 @@ from cachefs.localstore.nginx import free_port
 from cachefs.localstore.seaweed import SeaweedStore
 
 LOOPBACK = "127.0.0.1"
+# The bucket of the session's SeaweedFS server anyone may read unsigned.
+SEAWEED_PUBLIC_BUCKET = "cachefs-seaweed-public"
 REGION = "us-east-1"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
