@@ -36,8 +36,8 @@ PART = 5 * MiB
 SMOKE_BUCKET = "cachefs-seaweed-smoke"
 BUCKET = "cachefs-seaweed"
 PAGES_BUCKET = "cachefs-seaweed-pages"
-# Past two of SeaweedFS's 1000-key pages (each PUT costs a few ms).
-PAGED_KEYS = 2100
+# Past one of SeaweedFS's 1000-key pages (each PUT costs a few ms).
+PAGED_KEYS = 1500
 # Objects of the bucket the tests only read, and how each was uploaded: its
 # part sizes (one part: a plain PUT). Neither kind of boundary lines up with
 # the other: parts end at 5, 10, 15, 20 MiB, chunks at 8 and 16 MiB.
