@@ -301,6 +301,24 @@ def test_change_found_by_a_read_reaches_new_opens(
     assert (mp / key).read_bytes() == new
 
 
+def test_first_open_after_a_change_gets_the_new_object(
+    server: SeaweedS3, s3_env: SeaweedS3, mount: Mounter,
+) -> None:
+    """An object of one chunk replaced behind a fresh listing (default TTL):
+    the open that finds out, fetching it whole, opens the new one instead
+    of failing."""
+    key = f"changing/{os.urandom(4).hex()}.txt"
+    server.client().put_object(Bucket=BUCKET, Key=key, Body=b"version one\n")
+    try:
+        mp = mount(f"s3://{BUCKET}", None, *s3_env.mount_args())
+        assert (mp / key).stat().st_size == len(b"version one\n")
+        server.client().put_object(Bucket=BUCKET, Key=key, Body=b"version two, longer\n")
+        assert (mp / key).read_bytes() == b"version two, longer\n"
+        assert (mp / key).stat().st_size == len(b"version two, longer\n")
+    finally:
+        server.client().delete_object(Bucket=BUCKET, Key=key)
+
+
 def test_deleted_object_disappears_for_new_opens(
     changing: tuple[str, Uploaded], s3_env: SeaweedS3, mount: Mounter, tmp_path: Path,
 ) -> None:
