@@ -187,9 +187,14 @@ class SeaweedStore:
                      "server", *self._arguments()],
                     cwd=self.workdir, stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT,
-                    env=dict(os.environ, TMPDIR=str(self.tmp_dir)),
+                    env=self._environment(),
                 )
-            if self._wait_until_ready():
+            try:
+                ready = self._wait_until_ready()
+            except BaseException:
+                self.stop()
+                raise
+            if ready:
                 return self
             last_error = self._failure_text()
             self.stop()
@@ -274,6 +279,12 @@ class SeaweedStore:
                             for action in ("Read", "List")],
             })
         return {"identities": identities}
+
+    def _environment(self) -> dict[str, str]:
+        # No AWS_* variables: weed could take them for another identity.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["TMPDIR"] = str(self.tmp_dir)
+        return env
 
     def _arguments(self) -> list[str]:
         p = self.ports
