@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +213,28 @@ def test_cold_ranged_reads_across_chunk_and_part_boundaries(
     assert code == 0 and reports[0]["state"] == "clean", reports
     chunks = sum(-(-len(item.data) // CHUNK) for item in objects.values())
     assert reports[0]["chunks_verified"] == chunks, reports
+
+
+def test_concurrent_cold_readers_of_a_multipart_object(
+    objects: dict[str, Uploaded], s3_env: SeaweedS3, mount: Mounter,
+) -> None:
+    """Readers in different orders at once, on nothing cached yet: fetches of
+    one chunk are shared or repeated, never mixed up."""
+    key = "multi/five-parts.bin"
+    data = objects[key].data
+    mp = mount(f"s3://{BUCKET}", None, *s3_env.mount_args())
+    piece = MiB + 4099  # never aligned with a chunk or a part
+    starts = list(range(0, len(data), piece))
+    orders = [starts, starts[::-1], starts[1::2] + starts[::2],
+              random.Random(17).sample(starts, len(starts))]
+
+    def read_in(order: list[int]) -> list[int]:
+        with open(mp / key, "rb", buffering=0) as f:
+            return [at for at in order if os.pread(f.fileno(), piece, at) != data[at:at + piece]]
+
+    with ThreadPoolExecutor(len(orders)) as pool:
+        wrong = list(pool.map(read_in, orders))
+    assert wrong == [[]] * len(orders)
 
 
 # -- objects that change while mounted ----------------------------------------------
