@@ -252,6 +252,12 @@ class Filesystem:
             log.warning("opening %r: %s", inode.path, e)
             self.cache.release(obj)
             self._note_changed(inode, e)
+            if isinstance(e, VersionChanged):
+                # The listing was behind the remote. Nothing was read through
+                # this open yet, so it may still get the new version: record
+                # it and answer ESTALE (the kernel then walks the path again
+                # and opens the new inode), as after the TTL.
+                await self._revalidate(inode)
             raise FuseError(e.errno) from e
         except OSError as e:
             # Logged where it happened (the fetcher); the disk is full or failing.

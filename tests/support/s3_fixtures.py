@@ -1,4 +1,5 @@
-"""moto's S3 server for the S3 tests: started once, signature checks on.
+"""S3 servers for the S3 tests: moto, started once, signature checks on, and
+SeaweedFS (a real store) behind the same `S3Server` interface.
 
 moto checks SigV4 signatures (and IAM policies) once it has served
 INITIAL_NO_AUTH_ACTION_COUNT requests; those first requests create the IAM
@@ -34,8 +35,11 @@ import httpx
 from botocore.config import Config
 
 from cachefs.localstore.nginx import free_port
+from cachefs.localstore.seaweed import SeaweedStore
 
 LOOPBACK = "127.0.0.1"
+# The bucket of the session's SeaweedFS server anyone may read unsigned.
+SEAWEED_PUBLIC_BUCKET = "cachefs-seaweed-public"
 REGION = "us-east-1"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -72,16 +76,96 @@ class LoggedRequest:
     status: int
 
 
-class MotoS3:
+class S3Server:
+    """What the S3 tests need of a server, whichever it is: a signed client,
+    the environment and options of `cachefs mount`, and buckets to fill."""
+
+    # "moto" or "seaweed": test ids and server-specific expectations.
+    name = ""
+    # Whether requests_since() can tell which requests the server served.
+    logs_requests = False
+
+    def __init__(self, url: str, key: AccessKey | None) -> None:
+        self.url = url
+        self.key = key
+
+    def client(self, key: AccessKey | None = None):  # -> botocore S3 client
+        key = key or self.key
+        assert key is not None
+        return boto3.client(
+            "s3", endpoint_url=self.url, region_name=REGION,
+            aws_access_key_id=key.key_id, aws_secret_access_key=key.secret,
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+    def env(self, key: AccessKey | None = None, *, secret: str | None = None) -> dict[str, str]:
+        """Environment for `cachefs mount`: only these credentials, no AWS files."""
+        key = key or self.key
+        assert key is not None
+        env = isolated_aws_env()
+        env["AWS_ACCESS_KEY_ID"] = key.key_id
+        env["AWS_SECRET_ACCESS_KEY"] = secret if secret is not None else key.secret
+        return env
+
+    def mount_args(self, *extra: str) -> list[str]:
+        return ["--endpoint-url", self.url, *extra]
+
+    def make_bucket(self, bucket: str) -> None:
+        self.client().create_bucket(Bucket=bucket)
+
+    def upload_tree(self, root: Path, bucket: str, prefix: str = "",
+                    skip: frozenset[str] = frozenset()) -> None:
+        """Every file under `root` as a key, but those whose relative path is
+        in `skip`; empty directories as "dir/" markers."""
+        client = self.client()
+        files = sorted(p for p in root.rglob("*")
+                       if p.is_file() and str(p.relative_to(root)) not in skip)
+        empty_dirs = sorted(p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir()))
+
+        def upload(path: Path) -> None:
+            key = prefix + str(path.relative_to(root))
+            # upload_file goes multipart past 8 MiB: those ETags are not MD5s.
+            client.upload_file(str(path), bucket, key, ExtraArgs={
+                "ContentType": mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            })
+
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            list(pool.map(upload, files))
+        for path in empty_dirs:
+            client.put_object(Bucket=bucket, Key=prefix + str(path.relative_to(root)) + "/")
+
+    def put_keys(self, bucket: str, keys: list[str], body: bytes = b"") -> None:
+        client = self.client()
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=body), keys))
+
+    def requests_since(self, mark: int) -> list[LoggedRequest]:
+        raise NotImplementedError(f"{self.name} keeps no request log")
+
+
+class SeaweedS3(S3Server):
+    """The session's SeaweedFS server (cachefs.localstore.seaweed) as an S3Server."""
+
+    name = "seaweed"
+
+    def __init__(self, store: SeaweedStore) -> None:
+        super().__init__(store.endpoint_url, AccessKey(store.access_key, store.secret_key))
+        self.store = store
+
+
+class MotoS3(S3Server):
     """A moto server on a free loopback port, with two IAM users' keys."""
+
+    name = "moto"
+    logs_requests = True
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        # An access key allowed everything in S3 (set by start()).
+        super().__init__(f"http://{LOOPBACK}:{self.port}", None)
         self.log_path = workdir / "moto.log"
         self._process: subprocess.Popen[bytes] | None = None
-        # An access key allowed everything in S3, and one allowed nothing.
-        self.key: AccessKey | None = None
+        # And one allowed nothing.
         self.powerless_key: AccessKey | None = None
 
     def start(self) -> None:
@@ -130,28 +214,7 @@ class MotoS3:
             self._process.wait(STOP_TIMEOUT_S)
         self._process = None
 
-    # -- clients and environments ---------------------------------------------
-
-    def client(self, key: AccessKey | None = None):  # -> botocore S3 client
-        key = key or self.key
-        assert key is not None
-        return boto3.client(
-            "s3", endpoint_url=self.url, region_name=REGION,
-            aws_access_key_id=key.key_id, aws_secret_access_key=key.secret,
-            config=Config(s3={"addressing_style": "path"}),
-        )
-
-    def env(self, key: AccessKey | None = None, *, secret: str | None = None) -> dict[str, str]:
-        """Environment for `cachefs mount`: only these credentials, no AWS files."""
-        key = key or self.key
-        assert key is not None
-        env = isolated_aws_env()
-        env["AWS_ACCESS_KEY_ID"] = key.key_id
-        env["AWS_SECRET_ACCESS_KEY"] = secret if secret is not None else key.secret
-        return env
-
-    def mount_args(self, *extra: str) -> list[str]:
-        return ["--endpoint-url", self.url, *extra]
+    # -- moto only ------------------------------------------------------------
 
     @contextmanager
     def signature_checks_off(self) -> Iterator[None]:
@@ -184,34 +247,6 @@ class MotoS3:
                 match["method"], unquote(bucket), unquote(key), query, int(match["status"])
             ))
         return found
-
-    # -- filling buckets -------------------------------------------------------
-
-    def make_bucket(self, bucket: str) -> None:
-        self.client().create_bucket(Bucket=bucket)
-
-    def upload_tree(self, root: Path, bucket: str, prefix: str = "") -> None:
-        """Every file under `root` as a key; empty directories as "dir/" markers."""
-        client = self.client()
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-        empty_dirs = sorted(p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir()))
-
-        def upload(path: Path) -> None:
-            key = prefix + str(path.relative_to(root))
-            # upload_file goes multipart past 8 MiB: those ETags are not MD5s.
-            client.upload_file(str(path), bucket, key, ExtraArgs={
-                "ContentType": mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            })
-
-        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-            list(pool.map(upload, files))
-        for path in empty_dirs:
-            client.put_object(Bucket=bucket, Key=prefix + str(path.relative_to(root)) + "/")
-
-    def put_keys(self, bucket: str, keys: list[str], body: bytes = b"") -> None:
-        client = self.client()
-        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-            list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=body), keys))
 
     def make_public(self, bucket: str) -> None:
         """Let anyone list the bucket and read its objects."""

@@ -374,6 +374,29 @@ def test_a_version_change_found_mid_read_fails_the_read_and_retires_the_inode(st
     run(main)
 
 
+def test_an_open_that_finds_its_object_changed_answers_estale_for_the_new_one(stack) -> None:
+    """A small object replaced behind a fresh listing: the open fetching it
+    whole meets the new version, and rather than EIO it answers ESTALE, so the
+    kernel's retry opens the new object."""
+    remote = tree()
+
+    async def main() -> None:
+        async with stack(remote, metadata_ttl=30) as daemon:
+            fs = daemon.fs
+            old = (await fs.lookup(ROOT_ID, b"small.txt")).attr.ino
+            remote.put("small.txt", b"version two")
+            with pytest.raises(FuseError) as e:
+                await fs.open(old, os.O_RDONLY)
+            assert fuse_errno(e) == errno.ESTALE
+            assert set(daemon.notified.inval_entry) == {(ROOT_ID, b"small.txt")}
+            new = (await fs.lookup(ROOT_ID, b"small.txt")).attr
+            assert new.ino != old and new.size == len(b"version two")
+            fresh = await fs.open(new.ino, os.O_RDONLY)
+            assert await fs.read(new.ino, fresh.fh, 0, 100) == b"version two"
+
+    run(main)
+
+
 # -- extended attributes ---------------------------------------------------------------------
 
 
