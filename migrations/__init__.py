@@ -41,6 +41,15 @@ def pending(conn: sqlite3.Connection) -> bool:
     return not applied.issuperset(STEPS)
 
 
+def apply_pending(conn: sqlite3.Connection) -> None:
+    """Apply the steps not yet applied; sqlite-utils is imported only if any is."""
+    if pending(conn):
+        from sqlite_utils import Database
+
+        migrations = globals().get("MIGRATIONS") or _load()
+        migrations.apply(Database(conn))
+
+
 def _load() -> Migrations:
     from sqlite_utils.migrations import Migrations
 
@@ -53,6 +62,7 @@ def _load() -> Migrations:
 
 
 def __getattr__(name: str) -> Any:
+    # Only until _load has run: then MIGRATIONS is a global of its own.
     if name == "MIGRATIONS":
         return _load()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ package are its parts, private to it:
     discard   drops versions that changed on the remote
     folder    the source folder a cache holds; makes its files anew when lost
     layout    where a cache keeps its files; fanout: the data folder
+    prepare   a new cache's database, made by `cachefs mount` ahead of its daemon
     db        the SQLite state: all the SQL
 """
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         CHUNK_SIZE, CacheDirError, DATA_NAME, DB_NAME, DEFAULT_MIN_FREE, FolderBusy, data_file,
         default_cache_dir, folder_lock, prepare_dir, remove_folder, source_digest, source_folders,
     )
+    from .prepare import discard_database, prepare_database
     from .objects import CacheState, CachedObject, ChunkFetch
     from .slots import Priority
 
@@ -40,6 +42,7 @@ __all__ = [
     "Priority", "EvictResult", "Usage", "ListingStore", "ListingRow", "ListingUnreadable", "StateLost",
     "CacheBusy", "CacheDirError", "CorruptDatabase",
     "CHUNK_SIZE", "DEFAULT_MIN_FREE", "default_cache_dir", "prepare_dir",
+    "prepare_database", "discard_database",
     # Cache folders seen from outside a daemon (fsck, cache clear).
     "source_folders", "source_digest", "folder_lock", "FolderBusy", "remove_folder", "data_file",
     "OfflineDB", "DATA_NAME", "DB_NAME",
@@ -60,5 +63,6 @@ _HOMES = {
     "remove_folder": "layout", "source_digest": "layout", "source_folders": "layout",
     "CacheState": "objects", "CachedObject": "objects", "ChunkFetch": "objects",
     "Priority": "slots",
+    "prepare_database": "prepare", "discard_database": "prepare",
 }
 __getattr__ = lazy.exports(__name__, _HOMES)

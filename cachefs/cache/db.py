@@ -150,10 +150,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     A plain SELECT tells whether any is pending; only then is sqlite-utils,
     which applies them, imported: a known cache opens without it.
     """
-    if migrations.pending(conn):
-        from sqlite_utils import Database as UtilsDatabase
-
-        migrations.MIGRATIONS.apply(UtilsDatabase(conn))
+    migrations.apply_pending(conn)
 
 
 def _finish_listing(db: Database, listing_id: int, path: str) -> tuple[int, list[int]]:

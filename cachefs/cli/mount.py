@@ -8,6 +8,7 @@ mount answers or has failed; `--foreground` serves in this process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -19,7 +20,15 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from cachefs.cache import CHUNK_SIZE, DEFAULT_MIN_FREE, CacheDirError, default_cache_dir, prepare_dir
+from cachefs.cache import (
+    CHUNK_SIZE,
+    DEFAULT_MIN_FREE,
+    CacheDirError,
+    default_cache_dir,
+    discard_database,
+    prepare_database,
+    prepare_dir,
+)
 from cachefs.daemon.config import MountConfig
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
@@ -86,12 +95,29 @@ def daemon_environ(source: str, environ: Mapping[str, str]) -> dict[str, str]:
 
 def _daemonize(config: MountConfig, log_level: str) -> int:
     """Hand the mount to a detached daemon (started early by the entry point,
-    or now); return once the mount answers or has failed."""
+    or now); return once the mount answers or has failed.
+
+    A database for a new cache is made here while the daemon loads (see
+    `cachefs.cache.prepare`), before the daemon has its configuration; it
+    is removed at the end unless the daemon took it.
+    """
     daemon = early.take() or early.spawn()
-    pid, rfd = daemon.pid, daemon.ready_r
+    new_database = prepare_database(config.cache_dir)
+    config = dataclasses.replace(config, new_database=new_database)
     daemon.send({**config.to_dict(), "log_level": log_level,
                  "environ": early.payload_environ(config.source, os.environ),
                  "started": early.started(), "spawned": daemon.spawned})
+    try:
+        return _wait_ready(daemon.pid, daemon.ready_r, config)
+    finally:
+        # The daemon has exited, or opened its cache: it is done with it.
+        if new_database is not None:
+            discard_database(new_database)
+
+
+def _wait_ready(pid: int, rfd: int, config: MountConfig) -> int:
+    """Wait for the daemon's ready line on `rfd` (closed here); 0 once the
+    mount answers, else UserError."""
     try:
         readable, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
         message = os.read(rfd, 4096).decode(errors="replace").strip() if readable else ""
