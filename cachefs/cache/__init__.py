@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from .front import Cache, CacheConfig, CacheStats, ListingStore, open_cache
     from .layout import (
         CHUNK_SIZE, CacheDirError, DATA_NAME, DB_NAME, DEFAULT_MIN_FREE, FolderBusy, data_file,
-        default_cache_dir, folder_lock, prepare_dir, remove_folder, source_digest, source_folders,
+        default_cache_dir, folder_lock, prepare_dir, remove_folder, source_digest, source_folder,
+        source_folders,
     )
     from .prepare import discard_database, prepare_database
     from .objects import CacheState, CachedObject, ChunkFetch
@@ -44,7 +45,8 @@ __all__ = [
     "CHUNK_SIZE", "DEFAULT_MIN_FREE", "default_cache_dir", "prepare_dir",
     "prepare_database", "discard_database",
     # Cache folders seen from outside a daemon (fsck, cache clear).
-    "source_folders", "source_digest", "folder_lock", "FolderBusy", "remove_folder", "data_file",
+    "source_folders", "source_folder", "source_digest", "folder_lock", "FolderBusy", "remove_folder",
+    "data_file",
     "OfflineDB", "DATA_NAME", "DB_NAME",
 ]
 
@@ -60,7 +62,8 @@ _HOMES = {
     "CHUNK_SIZE": "layout", "CacheDirError": "layout", "DATA_NAME": "layout", "DB_NAME": "layout",
     "DEFAULT_MIN_FREE": "layout", "FolderBusy": "layout", "data_file": "layout",
     "default_cache_dir": "layout", "folder_lock": "layout", "prepare_dir": "layout",
-    "remove_folder": "layout", "source_digest": "layout", "source_folders": "layout",
+    "remove_folder": "layout", "source_digest": "layout", "source_folder": "layout",
+    "source_folders": "layout",
     "CacheState": "objects", "CachedObject": "objects", "ChunkFetch": "objects",
     "Priority": "slots",
     "prepare_database": "prepare", "discard_database": "prepare",

@@ -23,11 +23,13 @@ from pathlib import Path
 from cachefs.cache import (
     CHUNK_SIZE,
     DEFAULT_MIN_FREE,
+    DB_NAME,
     CacheDirError,
     default_cache_dir,
     discard_database,
     prepare_database,
     prepare_dir,
+    source_folder,
 )
 from cachefs.daemon.config import MountConfig
 from cachefs.kernel import MountError, find_mount, unmount
@@ -102,7 +104,7 @@ def _daemonize(config: MountConfig, log_level: str) -> int:
     is removed at the end unless the daemon took it.
     """
     daemon = early.take() or early.spawn()
-    new_database = prepare_database(config.cache_dir)
+    new_database = None if _known_cache(config) else prepare_database(config.cache_dir)
     config = dataclasses.replace(config, new_database=new_database)
     daemon.send({**config.to_dict(), "log_level": log_level,
                  "environ": early.payload_environ(config.source, os.environ),
@@ -113,6 +115,17 @@ def _daemonize(config: MountConfig, log_level: str) -> int:
         # The daemon has exited, or opened its cache: it is done with it.
         if new_database is not None:
             discard_database(new_database)
+
+
+def _known_cache(config: MountConfig) -> bool:
+    """Whether the source's folder has a database already, as far as the
+    command can tell: the public source names the folder for most remote
+    types. A wrong guess costs only a database made for nothing."""
+    try:
+        source = REGISTRY.public_source(config.source)
+    except ValueError:
+        return False
+    return (source_folder(config.cache_dir, source) / DB_NAME).exists()
 
 
 def _wait_ready(pid: int, rfd: int, config: MountConfig) -> int:
