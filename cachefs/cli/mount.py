@@ -226,9 +226,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         for name in set(os.environ) - set(daemon_environ(config.source, os.environ)):
             del os.environ[name]
         os.umask(0o077)
-        from cachefs.daemon.startup import StartupTimes, without_numpy
-
-        without_numpy()
+        from cachefs.daemon.startup import StartupTimes
         from cachefs.daemon import run_daemon, setup_logging  # the whole daemon: only here
 
         setup_logging(args.log_level, sys.stderr)

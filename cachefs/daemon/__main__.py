@@ -30,9 +30,8 @@ def main() -> int:
     parser.add_argument("--ready-fd", type=int, required=True)
     args = parser.parse_args()
 
-    from .startup import StartupTimes, without_numpy
+    from .startup import StartupTimes
 
-    without_numpy()
     # What every mount needs (trio, the cache, the filesystem, the kernel
     # session), while the command still checks its arguments.
     from .config import MountConfig

@@ -19,23 +19,11 @@ or config step: the command is the daemon.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
 # In order; each mark is the moment its step ended.
 STEPS = ("command", "python", "imports", "config", "remote", "cache", "listing", "mount", "init")
-
-
-def without_numpy() -> None:
-    """Keep numpy out of a daemon.
-
-    sqlite-utils imports numpy whenever it is installed (matplotlib, for
-    `cachefs bench`'s chart, brings it), to map numpy types to columns the
-    daemon never stores: a quarter of a second, on a mount that makes a new
-    cache. Only for processes that serve a mount, never for `cachefs bench`.
-    """
-    sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -104,6 +104,17 @@ def test_database_the_command_prepared_opens_without_sqlite_utils(tmp_path: Path
     assert (source_folder(cache, SOURCE) / DB_NAME).exists()
 
 
+def test_command_makes_a_database_without_numpy(tmp_path: Path) -> None:
+    """sqlite-utils would bring numpy (installed here, for the chart of `cachefs bench`)."""
+    code = ("import sys; from pathlib import Path; from cachefs.cache import prepare_database; "
+            f"assert prepare_database(Path({str(tmp_path)!r})) is not None; "
+            "assert 'sqlite_utils' in sys.modules; print('numpy' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+
+
 def test_daemon_the_command_gave_up_on_exits_quietly(tmp_path: Path) -> None:
     ready, _imported = daemon_run(tmp_path, None)
     assert ready == ""
