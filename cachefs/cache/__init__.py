@@ -13,7 +13,6 @@ package are its parts, private to it:
     discard   drops versions that changed on the remote
     folder    the source folder a cache holds; makes its files anew when lost
     layout    where a cache keeps its files; fanout: the data folder
-    prepare   a new cache's database, made by `cachefs mount` ahead of its daemon
     db        the SQLite state: all the SQL
 """
 
@@ -30,10 +29,8 @@ if TYPE_CHECKING:
     from .front import Cache, CacheConfig, CacheStats, ListingStore, open_cache
     from .layout import (
         CHUNK_SIZE, CacheDirError, DATA_NAME, DB_NAME, DEFAULT_MIN_FREE, FolderBusy, data_file,
-        default_cache_dir, folder_lock, prepare_dir, remove_folder, source_digest, source_folder,
-        source_folders,
+        default_cache_dir, folder_lock, prepare_dir, remove_folder, source_digest, source_folders,
     )
-    from .prepare import discard_database, prepare_database
     from .objects import CacheState, CachedObject, ChunkFetch
     from .slots import Priority
 
@@ -43,10 +40,8 @@ __all__ = [
     "Priority", "EvictResult", "Usage", "ListingStore", "ListingRow", "ListingUnreadable", "StateLost",
     "CacheBusy", "CacheDirError", "CorruptDatabase",
     "CHUNK_SIZE", "DEFAULT_MIN_FREE", "default_cache_dir", "prepare_dir",
-    "prepare_database", "discard_database",
     # Cache folders seen from outside a daemon (fsck, cache clear).
-    "source_folders", "source_folder", "source_digest", "folder_lock", "FolderBusy", "remove_folder",
-    "data_file",
+    "source_folders", "source_digest", "folder_lock", "FolderBusy", "remove_folder", "data_file",
     "OfflineDB", "DATA_NAME", "DB_NAME",
 ]
 
@@ -62,10 +57,8 @@ _HOMES = {
     "CHUNK_SIZE": "layout", "CacheDirError": "layout", "DATA_NAME": "layout", "DB_NAME": "layout",
     "DEFAULT_MIN_FREE": "layout", "FolderBusy": "layout", "data_file": "layout",
     "default_cache_dir": "layout", "folder_lock": "layout", "prepare_dir": "layout",
-    "remove_folder": "layout", "source_digest": "layout", "source_folder": "layout",
-    "source_folders": "layout",
+    "remove_folder": "layout", "source_digest": "layout", "source_folders": "layout",
     "CacheState": "objects", "CachedObject": "objects", "ChunkFetch": "objects",
     "Priority": "slots",
-    "prepare_database": "prepare", "discard_database": "prepare",
 }
 __getattr__ = lazy.exports(__name__, _HOMES)

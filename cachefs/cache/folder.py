@@ -49,10 +49,9 @@ class HeldFolder:
     db: CacheDB
 
     @classmethod
-    def take(cls, cache_dir: Path, source: str, new_database: Path | None = None) -> HeldFolder:
+    def take(cls, cache_dir: Path, source: str) -> HeldFolder:
         """Raises CacheBusy, CacheDirError or CorruptDatabase; then a folder
-        made here is removed again. A folder without a database takes
-        `new_database` (made ahead with the current schema) as its own."""
+        made here is removed again."""
         path = source_folder(cache_dir, source)
         created = not path.exists()
 
@@ -72,8 +71,6 @@ class HeldFolder:
             remove_if_created()
             raise
         try:
-            if new_database is not None and not (path / DB_NAME).exists():
-                _adopt(new_database, path / DB_NAME)
             db = CacheDB(path / DB_NAME)
             # The folder is named by a hash of the source: keep the source itself
             # so offline tools (fsck --verify-remote) can reach it.
@@ -239,15 +236,6 @@ class FolderWatch:
         self._identity = self._current_identity()
         log.error("cache state in %s was lost (%s): started a new, empty cache there; "
                   "what was cached (and pinned) is fetched again", self.folder, problem)
-
-
-def _adopt(new_database: Path, db_path: Path) -> None:
-    """Move a prepared database in; one that is gone or cannot be moved
-    leaves the daemon to make its own."""
-    try:
-        os.rename(new_database, db_path)
-    except OSError as e:
-        log.debug("cannot take the prepared database %s: %s", new_database, e.strerror or e)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

@@ -60,9 +60,6 @@ class CacheConfig:
     cap_bytes: int | None = None  # None: no cap
     min_free_bytes: int = DEFAULT_MIN_FREE  # free space kept on the cache's disk
     chunk_size: int = CHUNK_SIZE  # of objects cached from now on
-    # A database with the current schema made ahead (see `prepare`): taken
-    # as the state.db of a source folder that has none yet.
-    new_database: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ async def open_cache(config: CacheConfig, remote: Remote) -> AsyncIterator[Cache
     opened; then nothing is left behind. An error of the block comes out
     as itself, not wrapped in an ExceptionGroup.
     """
-    held = HeldFolder.take(config.cache_dir, remote.source, config.new_database)
+    held = HeldFolder.take(config.cache_dir, remote.source)
     cache: Cache | None = None
     failure: BaseException | None = None
     try:

@@ -8,7 +8,6 @@ mount answers or has failed; `--foreground` serves in this process.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import json
 import os
@@ -20,17 +19,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from cachefs.cache import (
-    CHUNK_SIZE,
-    DEFAULT_MIN_FREE,
-    DB_NAME,
-    CacheDirError,
-    default_cache_dir,
-    discard_database,
-    prepare_database,
-    prepare_dir,
-    source_folder,
-)
+from cachefs.cache import CHUNK_SIZE, DEFAULT_MIN_FREE, CacheDirError, default_cache_dir, prepare_dir
 from cachefs.daemon.config import MountConfig
 from cachefs.kernel import MountError, find_mount, unmount
 from cachefs.kernel.mounting import FSTYPE
@@ -97,40 +86,12 @@ def daemon_environ(source: str, environ: Mapping[str, str]) -> dict[str, str]:
 
 def _daemonize(config: MountConfig, log_level: str) -> int:
     """Hand the mount to a detached daemon (started early by the entry point,
-    or now); return once the mount answers or has failed.
-
-    A database for a new cache is made here while the daemon loads (see
-    `cachefs.cache.prepare`), before the daemon has its configuration; it
-    is removed at the end unless the daemon took it.
-    """
+    or now); return once the mount answers or has failed."""
     daemon = early.take() or early.spawn()
-    new_database = None if _known_cache(config) else prepare_database(config.cache_dir)
-    config = dataclasses.replace(config, new_database=new_database)
+    pid, rfd = daemon.pid, daemon.ready_r
     daemon.send({**config.to_dict(), "log_level": log_level,
                  "environ": early.payload_environ(config.source, os.environ),
                  "started": early.started(), "spawned": daemon.spawned})
-    try:
-        return _wait_ready(daemon.pid, daemon.ready_r, config)
-    finally:
-        # The daemon has exited, or opened its cache: it is done with it.
-        if new_database is not None:
-            discard_database(new_database)
-
-
-def _known_cache(config: MountConfig) -> bool:
-    """Whether the source's folder has a database already, as far as the
-    command can tell: the public source names the folder for most remote
-    types. A wrong guess costs only a database made for nothing."""
-    try:
-        source = REGISTRY.public_source(config.source)
-    except ValueError:
-        return False
-    return (source_folder(config.cache_dir, source) / DB_NAME).exists()
-
-
-def _wait_ready(pid: int, rfd: int, config: MountConfig) -> int:
-    """Wait for the daemon's ready line on `rfd` (closed here); 0 once the
-    mount answers, else UserError."""
     try:
         readable, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
         message = os.read(rfd, 4096).decode(errors="replace").strip() if readable else ""

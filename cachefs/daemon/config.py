@@ -40,25 +40,19 @@ class MountConfig:
     # The options of the source's remote type (S3Options for s3://, say);
     # None means that type's defaults.
     remote_options: RemoteOptions | None = None
-    # A database with the current schema that `cachefs mount` made ahead
-    # (cachefs.cache.prepare): a new cache takes it as its own.
-    new_database: Path | None = None
 
     def to_dict(self) -> dict:
         """Plain data, to hand the configuration to a detached daemon."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["cache_dir"] = str(self.cache_dir)
         d["remote_options"] = None if self.remote_options is None else self.remote_options.to_dict()
-        d["new_database"] = None if self.new_database is None else str(self.new_database)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "MountConfig":
         """What `to_dict` gave; the source's remote type rebuilds its options."""
         options = REGISTRY.options_from_dict(d["source"], d["remote_options"])
-        new_database = d.get("new_database")
-        return cls(**{**d, "cache_dir": Path(d["cache_dir"]), "remote_options": options,
-                      "new_database": None if new_database is None else Path(new_database)})
+        return cls(**{**d, "cache_dir": Path(d["cache_dir"]), "remote_options": options})
 
     def open_remote(self) -> Remote:
         """The source's remote, with its options and the request limits;

@@ -91,8 +91,7 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
         async with AsyncExitStack() as stack:
             try:
                 cache = await stack.enter_async_context(open_cache(
-                    CacheConfig(config.cache_dir, cap_bytes=config.cap_bytes, min_free_bytes=config.min_free_bytes,
-                                new_database=config.new_database),
+                    CacheConfig(config.cache_dir, cap_bytes=config.cap_bytes, min_free_bytes=config.min_free_bytes),
                     remote))
             except (CacheBusy, CacheDirError, CorruptDatabase) as e:
                 raise StartupError(str(e)) from None

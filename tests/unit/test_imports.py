@@ -22,7 +22,6 @@ from sqlite_utils import Database
 
 from cachefs import migrations
 from cachefs.cache.db import CacheDB
-from cachefs.cache import prepare_database
 from cachefs.cache.layout import DB_NAME, prepare_dir, source_folder
 from cachefs.daemon.config import MountConfig
 from cachefs.daemon.startup import StartupTimes
@@ -83,31 +82,11 @@ def test_known_cache_opens_without_sqlite_utils(tmp_path: Path) -> None:
     assert imported & NEVER_FOR_HTTP == set()
 
 
-def test_database_the_command_prepared_opens_without_sqlite_utils(tmp_path: Path) -> None:
-    """`cachefs mount` makes a new cache's database while its daemon loads;
-    the daemon takes it, and opens a known cache."""
-    cache = tmp_path / "cache"
-    prepare_dir(cache)
-    new_database = prepare_database(cache)
-    assert new_database is not None and new_database.parent == cache
-    assert oct(new_database.stat().st_mode & 0o777) == "0o600"
-    with sqlite3.connect(new_database) as conn:
-        assert not migrations.pending(conn)
-    payload = payload_for(tmp_path)
-    payload["new_database"] = str(new_database)
-    # A folder that fails to mount is removed, database and all: keep one.
-    prepare_dir(source_folder(cache, SOURCE))
-    ready, imported = daemon_run(tmp_path, payload)
-    assert ready.startswith("ERR cannot list"), ready
-    assert "sqlite_utils" not in imported
-    assert not new_database.exists()
-    assert (source_folder(cache, SOURCE) / DB_NAME).exists()
-
-
-def test_command_makes_a_database_without_numpy(tmp_path: Path) -> None:
-    """sqlite-utils would bring numpy (installed here, for the chart of `cachefs bench`)."""
-    code = ("import sys; from pathlib import Path; from cachefs.cache import prepare_database; "
-            f"assert prepare_database(Path({str(tmp_path)!r})) is not None; "
+def test_migrating_keeps_numpy_out(tmp_path: Path) -> None:
+    """sqlite-utils would bring numpy (installed here, for the chart of
+    `cachefs bench`) into any process that applies a migration."""
+    code = ("import sqlite3, sys; from cachefs import migrations; "
+            f"migrations.apply_pending(sqlite3.connect({str(tmp_path / 'state.db')!r})); "
             "assert 'sqlite_utils' in sys.modules; print('numpy' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S,
                           check=False)
