@@ -87,6 +87,7 @@ def _load() -> Migrations:
 
 
 def __getattr__(name: str) -> Any:
+    # Only until _load has run: then MIGRATIONS is a global of its own.
     if name == "MIGRATIONS":
         return _load()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
