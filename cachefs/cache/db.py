@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
-from sqlite_utils import Database
 
-from cachefs.migrations import MIGRATIONS
+from cachefs import migrations
 
 T = TypeVar("T")
 
@@ -122,12 +121,36 @@ class Usage:
         return asdict(self)
 
 
-def _connect(path: Path, *, check_same_thread: bool, timeout: float = BUSY_TIMEOUT_S) -> Database:
+class Database(Protocol):
+    """What a write is handed: its connection, `conn` (an sqlite-utils
+    Database is one too; the cache needs no more than the connection, and
+    loads sqlite-utils only to apply a migration)."""
+
+    conn: sqlite3.Connection
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A plain connection as a `Database`."""
+
+    conn: sqlite3.Connection
+
+
+def _connect(path: Path, *, check_same_thread: bool, timeout: float = BUSY_TIMEOUT_S) -> Connection:
     conn = sqlite3.connect(path, check_same_thread=check_same_thread, timeout=timeout)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    return Database(conn)
+    return Connection(conn)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the schema's pending migrations (see `cachefs.migrations`).
+
+    A plain SELECT tells whether any is pending; only then is sqlite-utils,
+    which applies them, imported: a known cache opens without it.
+    """
+    migrations.apply_pending(conn)
 
 
 def _finish_listing(db: Database, listing_id: int, path: str) -> tuple[int, list[int]]:
@@ -210,7 +233,7 @@ class CacheDB:
     def _connect_all(self) -> None:
         with self._opening():
             self._writer = _connect(self.path, check_same_thread=False, timeout=OPEN_BUSY_TIMEOUT_S)
-            MIGRATIONS.apply(self._writer)
+            migrate(self._writer.conn)
             self._reader = _connect(self.path, check_same_thread=True, timeout=READ_BUSY_TIMEOUT_S)
 
     async def recreate(self, source: str) -> None:

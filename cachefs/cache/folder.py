@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from .db import CacheDB, CorruptDatabase
-from .fanout import make_data_dir
+from .fanout import make_data_dir, make_data_top, make_subfolders
 from .layout import DATA_NAME, DB_NAME, LOCK_NAME, FolderBusy, prepare_dir, source_folder, take_lock
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class HeldFolder:
 
         try:
             prepare_dir(path)
-            make_data_dir(path / DATA_NAME)
+            # Its subfolders come later (FolderWatch.run): not on the way to the mount.
+            make_data_top(path / DATA_NAME)
             try:
                 lock_fd = take_lock(path)
             except FolderBusy:
@@ -164,6 +165,7 @@ class FolderWatch:
         file cannot be created; the check is a few stat calls.
         """
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._make_subfolders)
             nursery.start_soon(self._remove_lost_data)
             failures = 0
             pending: str | None = None
@@ -188,6 +190,14 @@ class FolderWatch:
                             "cannot rebuild the cache in %s (%s): %s; serving from the network until it can",
                             self.folder, problem, e)
                     await trio.sleep(STATE_CHECK_S)
+
+    async def _make_subfolders(self) -> None:
+        """Make the data folder's subfolders, off the way to the mount's answer."""
+        try:
+            await trio.to_thread.run_sync(make_subfolders, self.data_dir)
+        except OSError as e:
+            # A full disk, say: each new data file makes its own (front._load).
+            log.warning("cannot make the data subfolders in %s yet: %s", self.data_dir, e.strerror or e)
 
     async def _remove_lost_data(self) -> None:
         """Finish removing data folders set aside by a rebuild in a daemon

@@ -37,7 +37,7 @@ from cachefs.remote import Pin, Remote
 
 from .db import ListingRow, ObjectRow, Usage
 from .evictor import EvictResult, Evictor
-from .fanout import data_path, make_data_dir
+from .fanout import data_path, make_folder_for
 from .fetcher import ChunkFetcher
 from .discard import Discards
 from .folder import FolderWatch, HeldFolder
@@ -276,13 +276,14 @@ class Cache:
         try:
             fd, found_size = open_data_file(path, size)
         except FileNotFoundError:
-            # Its subfolder is gone (the data folder was emptied or removed):
-            # make the folders again so this open works, and have the
-            # watcher look at the rest. A new file's size (0) never
-            # matches a row, so nothing recorded is trusted below.
+            # Its subfolder is not made yet (a new cache makes them in the
+            # background) or gone (the data folder was emptied or removed):
+            # make it so this open works, and have the watcher look at the
+            # rest. A new file's size (0) never matches a row, so nothing
+            # recorded is trusted below.
             self._watch.check_soon()
             prepare_dir(self.folder)
-            make_data_dir(self.data_dir)
+            make_folder_for(self.data_dir, path)
             fd, found_size = open_data_file(path, size)
         present: set[int] = set()
         if row is not None and row.id not in self._forgetting:

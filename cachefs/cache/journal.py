@@ -27,9 +27,8 @@ from collections import Counter
 from typing import NamedTuple
 
 import trio
-from sqlite_utils import Database
 
-from .db import CacheDB, ChunkRecord, StateLost
+from .db import CacheDB, ChunkRecord, Database, StateLost
 from .objects import CachedObject
 from .table import ObjectTable
 

@@ -31,7 +31,7 @@ from cachefs.remote.limits import (
 )
 from cachefs.runtime import daemon_alive, state_file
 
-from . import argtypes
+from . import argtypes, early
 from .errors import UserError, one_line
 
 # How long `cachefs mount` waits for the daemon to answer, and `umount` for
@@ -73,47 +73,25 @@ def check_mountpoint(path: str, allow_non_empty: bool) -> None:
 
 
 def daemon_environ(source: str, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment a daemon serving `source` starts with.
+    """The environment a daemon serving `source` may see.
 
     Only an s3:// source needs AWS credentials; a daemon of any other kind
     would keep them readable in /proc/PID/environ for as long as it runs
-    (each remote type names the variables that are its own).
-    The environment has to be left out at exec: removing a variable later
-    does not erase it from the process's initial environment block.
+    (each remote type names the variables that are its own). A detached
+    daemon starts without any (see `early`); in the foreground they are
+    removed, but the process's initial environment block keeps them.
     """
     return REGISTRY.environ_for(source, environ)
 
 
 def _daemonize(config: MountConfig, log_level: str) -> int:
-    """Start the daemon detached; return once the mount answers or has failed."""
-    rfd, wfd = os.pipe()
-    config_r, config_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(rfd)
-        os.close(config_w)
-        os.setsid()
-        os.umask(0o077)  # cache files hold the user's data: private by default
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.set_inheritable(wfd, True)
-        os.set_inheritable(config_r, True)
-        # A fresh program, so no mount option (a proxy password...) stays in
-        # the daemon's command line; see cachefs.daemon.__main__. -P: `-m` would
-        # put the working directory first on sys.path, and a cachefs/ folder
-        # there (a checkout, say) would run instead of the installed package.
-        try:
-            os.execve(sys.executable, [sys.executable, "-P", "-m", "cachefs.daemon",
-                                       "--config-fd", str(config_r), "--ready-fd", str(wfd)],
-                      daemon_environ(config.source, os.environ))
-        finally:
-            os._exit(127)
-    os.close(wfd)
-    os.close(config_r)
-    # Small enough for the pipe's buffer: written before the daemon reads it.
-    with os.fdopen(config_w, "w") as f:
-        json.dump({**config.to_dict(), "log_level": log_level}, f)
+    """Hand the mount to a detached daemon (started early by the entry point,
+    or now); return once the mount answers or has failed."""
+    daemon = early.take() or early.spawn()
+    pid, rfd = daemon.pid, daemon.ready_r
+    daemon.send({**config.to_dict(), "log_level": log_level,
+                 "environ": early.payload_environ(config.source, os.environ),
+                 "started": early.started(), "spawned": daemon.spawned})
     try:
         readable, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
         message = os.read(rfd, 4096).decode(errors="replace").strip() if readable else ""
@@ -204,14 +182,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     config = mount_config(args, mountpoint, cache_dir)
     if args.foreground:
+        early.abandon()  # started for an abbreviation of --foreground, say
         # Best effort: this process's initial environment block keeps them.
         for name in set(os.environ) - set(daemon_environ(config.source, os.environ)):
             del os.environ[name]
         os.umask(0o077)
+        from cachefs.daemon.startup import StartupTimes
         from cachefs.daemon import run_daemon, setup_logging  # the whole daemon: only here
 
         setup_logging(args.log_level, sys.stderr)
-        return run_daemon(config, None, lambda error: print(f"cachefs: {one_line(error)}", file=sys.stderr))
+        return run_daemon(config, None, lambda error: print(f"cachefs: {one_line(error)}", file=sys.stderr),
+                          StartupTimes(early.started()))
     return _daemonize(config, args.log_level)
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachefs.remote import REGISTRY
 
-from . import argtypes
+from . import argtypes, early
 
 PROG = "mount.fuse.cachefs"
 
@@ -202,6 +203,7 @@ def parse_argv(argv: list[str]) -> tuple[str, str, list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     argv = sys.argv[1:] if argv is None else argv
     try:
         source, mountpoint, args, fake = parse_argv(argv)
@@ -210,14 +212,19 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     if fake:
         return 0
-    from .app import main as cachefs_main
-
+    mount_argv = ["mount", source, mountpoint, *args]
     try:
-        rc = cachefs_main(["mount", source, mountpoint, *args])
+        # The daemon loads while `cachefs mount` does (see early).
+        early.begin(mount_argv, started)
+        from .app import main as cachefs_main
+
+        rc = cachefs_main(mount_argv)
     except KeyboardInterrupt:
         return 130
     except SystemExit as e:  # argparse refused an argument (it said why)
         return EX_USAGE if e.code else 0
+    finally:
+        early.abandon()
     return 0 if rc == 0 else EX_FAIL
 
 

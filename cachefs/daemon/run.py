@@ -12,18 +12,20 @@ from . import sdnotify
 from .log import log_to_file
 from .config import MountConfig
 from .serve import StartupError, serve
+from .startup import StartupTimes
 
 log = logging.getLogger("cachefs")
 
 
 def run_daemon(config: MountConfig, ready_fd: int | None,
-               show_error: Callable[[str], None] | None = None) -> int:
+               show_error: Callable[[str], None] | None = None, times: StartupTimes | None = None) -> int:
     """Serve the mount in this process until it is unmounted; the exit status.
 
     A detached daemon reports readiness once to `ready_fd` ("OK", "OK
     warning" or "ERR reason"), which `cachefs mount` waits on. In the
     foreground (`ready_fd` None) a failure to mount goes to `show_error`,
-    and readiness to systemd when it started us.
+    and readiness to systemd when it started us. `times` holds the marks of
+    the start so far; the daemon logs them all once the mount answers.
     """
     import trio
 
@@ -51,7 +53,8 @@ def run_daemon(config: MountConfig, ready_fd: int | None,
     try:
         # Where the log goes when daemon.log cannot be written (a full disk).
         fallback = state_file(config.mountpoint).with_suffix(".log")
-        trio.run(serve, config, ready, None if ready_fd is None else lambda p: log_to_file(p, fallback))
+        trio.run(serve, config, ready, None if ready_fd is None else lambda p: log_to_file(p, fallback),
+                 times or StartupTimes())
     except StartupError as e:
         ready(str(e))
         return 1

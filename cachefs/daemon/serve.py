@@ -38,6 +38,7 @@ from cachefs.remote.record import write_record
 from cachefs.runtime import Holder, RuntimeDirError, prepare_runtime_dir, state_file, write_state
 
 from .config import MountConfig
+from .startup import StartupTimes
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,18 @@ async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
     return None
 
 
-async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None) -> None:
-    """Mount and serve until unmounted. Raises StartupError before ready."""
+async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None,
+                times: StartupTimes | None = None) -> None:
+    """Mount and serve until unmounted. Raises StartupError before ready.
+    Logs `times`, with the steps of this function added, once the mount answers."""
+    times = times or StartupTimes()
+    if "command" not in times.marks:
+        times.mark("command")  # in the foreground, the command is the daemon
     try:
         remote = WatchedRemote(config.open_remote())
     except ValueError as e:
         raise StartupError(str(e)) from None
+    times.mark("remote")
     try:
         async with AsyncExitStack() as stack:
             try:
@@ -88,10 +95,11 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
                     remote))
             except (CacheBusy, CacheDirError, CorruptDatabase) as e:
                 raise StartupError(str(e)) from None
+            times.mark("cache")
             if log_path is not None:
                 log_path(cache.folder / "daemon.log")
             try:
-                await _serve_mounted(config, cache, remote, ready)
+                await _serve_mounted(config, cache, remote, ready, times)
             except StartupError:
                 # Nothing was served: a folder made for this mount only would
                 # be left empty (the reason goes to the user, not the log).
@@ -102,7 +110,8 @@ async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], No
             await remote.aclose()
 
 
-async def _serve_mounted(config: MountConfig, cache: Cache, remote: WatchedRemote, ready: Ready) -> None:
+async def _serve_mounted(config: MountConfig, cache: Cache, remote: WatchedRemote, ready: Ready,
+                         times: StartupTimes) -> None:
     # Before mounting: a failure here must leave nothing mounted.
     try:
         prepare_runtime_dir()
@@ -114,6 +123,7 @@ async def _serve_mounted(config: MountConfig, cache: Cache, remote: WatchedRemot
         warning = await _check_remote(fs, remote)
     if startup.cancelled_caught:
         raise StartupError(f"{remote.source} did not answer within {limit:g} s")
+    times.mark("listing")
     if warning is None:
         _record_remote(config, cache.folder)
     try:
@@ -121,11 +131,14 @@ async def _serve_mounted(config: MountConfig, cache: Cache, remote: WatchedRemot
         fd = mount(config.mountpoint, MountOptions(source=remote.source, allow_other=config.allow_other))
     except MountError as e:
         raise StartupError(str(e)) from None
+    times.mark("mount")
 
     def initialized(_conn: object) -> None:
+        times.mark("init")
         # Only now: INIT's answer sets the read-ahead (to at most 128 KiB).
         if not set_read_ahead(config.mountpoint, READ_AHEAD_KIB):
             log.debug("kernel read-ahead left at its default (not root?)")
+        log.info("%s", times.line())
         ready(None, warning)
 
     session = Session(fd, fs, want_passthrough=config.passthrough, on_init=initialized)
