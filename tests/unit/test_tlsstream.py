@@ -29,6 +29,7 @@ import pytest
 import trio
 
 from cachefs.localstore.tls import ServerCert, make_server_cert
+from cachefs.remote.http.sockstream import PlainStream
 from cachefs.remote.http.tlsstream import TlsStream
 from cachefs.remote.http.transport import Http11Transport
 
@@ -211,7 +212,7 @@ def test_one_receive_returns_several_records(serve: Callable[[Handler], TlsServe
     server = serve(handler)
 
     async def main() -> None:
-        raw = await trio.open_tcp_stream(LOOPBACK, server.port)
+        raw = await PlainStream.connect(LOOPBACK, server.port)
         stream = TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]), LOOPBACK)
         try:
             await stream.do_handshake()
@@ -359,7 +360,7 @@ def test_certificate_for_another_host_name_fails(serve: Callable[[Handler], TlsS
     server = serve(lambda tls: None)
 
     async def main() -> None:
-        raw = await trio.open_tcp_stream(LOOPBACK, server.port)
+        raw = await PlainStream.connect(LOOPBACK, server.port)
         stream = TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]),
                            "files.example")
         try:

@@ -7,6 +7,10 @@ one `receive_some` decrypts every whole record the socket has delivered, up
 to the size asked for, so a fast body costs a few Python calls per 256 KiB
 instead of per 16 KiB.
 
+Like `PlainStream`, it can be used without waiting (`receive_nowait`,
+`send_nowait`): what the socket holds already needs no trip through trio's
+scheduler and no cancel scope.
+
 It is meant for one request at a time on a connection, as the HTTP/1.1
 transport uses it: sending and receiving never overlap, so there are no
 locks. Certificates are checked by the `ssl.SSLContext` given (hostname
@@ -26,6 +30,8 @@ import ssl
 
 import trio
 
+from .sockstream import PlainStream
+
 # Ciphertext asked of the socket at once. TLS records carry at most 16 KiB
 # of plaintext, so one read holds up to 16 of them.
 RAW_RECEIVE_SIZE = 256 * 1024
@@ -33,12 +39,12 @@ DEFAULT_RECEIVE_SIZE = 256 * 1024
 
 
 class TlsStream(trio.abc.Stream):
-    """A client TLS session over `transport` (a connected trio stream).
+    """A client TLS session over `transport` (a connected socket).
 
     Call `do_handshake()` first. Not safe for concurrent use by two tasks.
     """
 
-    def __init__(self, transport: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str) -> None:
+    def __init__(self, transport: PlainStream, context: ssl.SSLContext, server_hostname: str) -> None:
         self.transport = transport
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -86,32 +92,10 @@ class TlsStream(trio.abc.Stream):
         """The plaintext of every whole record received so far (at most
         `max_bytes`), waiting for the socket only when there is none."""
         size = DEFAULT_RECEIVE_SIZE if max_bytes is None else max_bytes
-        if size < 1:
-            raise ValueError("max_bytes must be at least 1")
-        if size > len(self._buffer):
-            self._buffer = bytearray(size)
-        view = memoryview(self._buffer)
         while True:
-            got = 0
-            read = self._tls.read
-            try:
-                while got < size:
-                    n = read(size - got, view[got:])
-                    if not n:  # the peer's close_notify
-                        self._eof = True
-                        break
-                    got += n
-            except ssl.SSLWantReadError:
-                pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                # close_notify, or the connection ended without one.
-                self._eof = True
-            except ssl.SSLError as e:
-                raise trio.BrokenResourceError(f"TLS failed: {e}") from e
-            if got:
-                return bytes(view[:got])
-            if self._eof:
-                return b""
+            data = self._decrypt(size)
+            if data or self._eof:
+                return data
             if self._outgoing.pending:
                 await self._flush()  # e.g. an answer to a key update
             if not await self._fill():
@@ -120,6 +104,64 @@ class TlsStream(trio.abc.Stream):
                 # as the end too (the HTTP framing tells).
                 self._eof = True
                 return b""
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """Plaintext from what the socket has already received (b"" at the
+        end of the stream), or None if that holds no whole record."""
+        data = self._decrypt(max_bytes)
+        if data or self._eof:
+            return data
+        if self._outgoing.pending:
+            return None  # receive_some sends it first
+        raw = self.transport.receive_nowait(RAW_RECEIVE_SIZE)
+        if raw is None:
+            return None
+        if not raw:
+            self._incoming.write_eof()
+            self._eof = True
+            return b""
+        self._incoming.write(raw)
+        data = self._decrypt(max_bytes)
+        return data if data or self._eof else None
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Encrypt `data` and send what the socket takes now; True if that
+        was all of it, else the rest goes first with the next `send_all`."""
+        try:
+            self._tls.write(data)
+        except ssl.SSLWantReadError:
+            raise trio.BrokenResourceError("TLS renegotiation is not supported") from None
+        except ssl.SSLError as e:
+            raise trio.BrokenResourceError(f"TLS failed: {e}") from e
+        return self.transport.send_nowait(self._outgoing.read())
+
+    def _decrypt(self, size: int) -> bytes:
+        """Every whole record received so far, decrypted (at most `size`
+        bytes); b"" if none, or at the end of the stream (then `_eof`)."""
+        if size < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if size > len(self._buffer):
+            self._buffer = bytearray(size)
+        view = memoryview(self._buffer)
+        incoming, tls = self._incoming, self._tls
+        got = 0
+        try:
+            # Only while received bytes are left: a read without any costs
+            # an exception (SSLWantReadError).
+            while got < size and (incoming.pending or tls.pending()):
+                n = tls.read(size - got, view[got:])
+                if not n:  # the peer's close_notify
+                    self._eof = True
+                    break
+                got += n
+        except ssl.SSLWantReadError:
+            pass  # the rest of a record is still on its way
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            # close_notify, or the connection ended without one.
+            self._eof = True
+        except ssl.SSLError as e:
+            raise trio.BrokenResourceError(f"TLS failed: {e}") from e
+        return bytes(view[:got]) if got else b""
 
     async def _fill(self) -> bool:
         """Move received ciphertext into the TLS session; False at the end of the stream."""

@@ -43,6 +43,7 @@ import httpx
 import trio
 
 from .proxies import DEFAULT_PORTS, Proxy, ProxyChoice
+from .sockstream import PlainStream
 from .tlsstream import TlsStream
 
 # Bytes asked of the socket at once: big enough that a fast download costs
@@ -163,9 +164,14 @@ class _StaleConnection(Exception):
 
 
 class Http11Connection:
-    """One socket to an origin, with the bytes received but not yet used."""
+    """One socket to an origin, with the bytes received but not yet used.
 
-    def __init__(self, stream: trio.abc.Stream, origin: Origin) -> None:
+    Each socket operation is first tried without waiting (`send_nowait`,
+    `receive_nowait`); only a wait gets a cancel scope with the operation's
+    timeout, which costs more than the rest of the operation.
+    """
+
+    def __init__(self, stream: PlainStream | TlsStream, origin: Origin) -> None:
         self.stream = stream
         self.origin = origin
         self.reused = False
@@ -173,10 +179,12 @@ class Http11Connection:
 
     async def send(self, data: bytes, timeouts: Timeouts) -> None:
         try:
-            with trio.fail_at(timeouts.until(timeouts.write)):
-                await self.stream.send_all(data)
-        except trio.TooSlowError:
-            raise httpx.WriteTimeout(timeouts.timed_out("sending the request")) from None
+            if self.stream.send_nowait(data):
+                return
+            with trio.CancelScope(deadline=timeouts.until(timeouts.write)) as scope:
+                await self.stream.send_all(b"")  # what send_nowait left
+            if scope.cancelled_caught:
+                raise httpx.WriteTimeout(timeouts.timed_out("sending the request"))
         except (OSError, trio.BrokenResourceError) as e:
             if self.reused:
                 raise _StaleConnection() from e
@@ -185,10 +193,12 @@ class Http11Connection:
     async def _receive(self, timeouts: Timeouts) -> bytes:
         """The next bytes from the socket; b"" at the end of the stream."""
         try:
-            with trio.fail_at(timeouts.until(timeouts.read)):
+            data = self.stream.receive_nowait(RECEIVE_SIZE)
+            if data is not None:
+                return data
+            with trio.CancelScope(deadline=timeouts.until(timeouts.read)) as scope:
                 return await self.stream.receive_some(RECEIVE_SIZE)
-        except trio.TooSlowError:
-            raise httpx.ReadTimeout(timeouts.timed_out("waiting for the server")) from None
+            raise httpx.ReadTimeout(timeouts.timed_out("waiting for the server"))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise httpx.ReadError(f"receiving failed: {e}") from None
 
@@ -475,13 +485,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def _connect(self, origin: Origin, timeouts: Timeouts) -> Http11Connection:
         scheme, host, port, proxy = origin
-        stream: trio.abc.Stream | None = None
+        stream: PlainStream | TlsStream | None = None
         try:
             with trio.fail_at(timeouts.until(timeouts.connect)):
                 if proxy is None:
-                    stream = await trio.open_tcp_stream(host, port)
+                    stream = await PlainStream.connect(host, port)
                 else:
-                    stream = await trio.open_tcp_stream(proxy.host, proxy.port)
+                    stream = await PlainStream.connect(proxy.host, proxy.port)
                     if scheme == "https":
                         await _tunnel(stream, proxy, host, port, timeouts)
                 if scheme == "https":
@@ -538,7 +548,7 @@ async def _close_quietly(stream: trio.abc.Stream | None) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def _tunnel(stream: trio.abc.Stream, proxy: Proxy, host: str, port: int, timeouts: Timeouts) -> None:
+async def _tunnel(stream: PlainStream, proxy: Proxy, host: str, port: int, timeouts: Timeouts) -> None:
     """Ask `proxy`, on `stream`, for a tunnel to host:port (CONNECT)."""
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
