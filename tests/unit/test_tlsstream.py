@@ -401,3 +401,75 @@ def test_server_that_is_not_tls_fails_the_handshake() -> None:
     finally:
         thread.join(timeout=5)
         listener.close()
+
+
+# -- without waiting ------------------------------------------------------------------
+
+
+def test_receive_nowait_gives_none_until_a_whole_record_is_there(serve: Callable[[Handler], TlsServer]) -> None:
+    go = threading.Event()
+
+    def handler(tls: ssl.SSLSocket) -> None:
+        if read_head(tls, bytearray()) is not None and go.wait(10):
+            tls.sendall(b"hello")
+            tls.recv(1)  # until the client leaves
+
+    server = serve(handler)
+
+    async def main() -> None:
+        raw = await PlainStream.connect(LOOPBACK, server.port)
+        stream = TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]), LOOPBACK)
+        try:
+            await stream.do_handshake()
+            assert stream.send_nowait(b"GET / HTTP/1.1\r\n\r\n")
+            await trio.sleep(0.1)
+            assert stream.receive_nowait(100) is None
+            go.set()
+            got = None
+            while got is None:
+                await trio.sleep(0.01)
+                got = stream.receive_nowait(100)
+            assert got == b"hello"
+        finally:
+            go.set()
+            await stream.aclose()
+
+    run(main)
+
+
+def test_what_send_nowait_cannot_send_goes_first_with_send_all() -> None:
+    """A socket that takes only part of the bytes now: the rest is kept, in
+    order, ahead of what the next send_all sends."""
+    listener = socket.create_server((LOOPBACK, 0))
+    port = listener.getsockname()[1]
+    data = os.urandom(16 * 1024 * 1024)  # more than any socket buffer
+    received = bytearray()
+    reading = threading.Event()
+
+    def reader() -> None:
+        sock, _ = listener.accept()
+        with sock:
+            reading.wait(10)
+            while chunk := sock.recv(1 << 20):
+                received.extend(chunk)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+
+    async def main() -> None:
+        stream = await PlainStream.connect(LOOPBACK, port)
+        try:
+            assert not stream.send_nowait(data)  # the reader is not reading yet
+            assert not stream.send_nowait(b"tail")  # queued behind the rest
+            reading.set()
+            await stream.send_all(b"!")
+        finally:
+            await stream.aclose()
+
+    try:
+        run(main)
+        thread.join(timeout=10)
+    finally:
+        reading.set()
+        listener.close()
+    assert bytes(received) == data + b"tail!"
