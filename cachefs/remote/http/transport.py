@@ -1,4 +1,4 @@
-"""An httpx transport that speaks HTTP/1.1 over trio sockets, and little else.
+"""An httpx transport that speaks HTTP/1.1 over sockets in trio, and little else.
 
 A cold read of many small files makes one request per file, and the daemon
 has one thread for everything. httpx's own transport (httpcore and h11)
@@ -24,10 +24,11 @@ What it does:
   would use (SSL_CERT_FILE and SSL_CERT_DIR included);
 - httpx's timeouts (connect, read, write) and httpx's exceptions, so
   callers cannot tell the two transports apart;
-- a request's `Deadline` (extension DEADLINE_EXTENSION), checked on every
-  socket operation, headers and interim (1xx) answers included: the per-read
-  timeout alone lets a server that trickles a byte now and then hold a
-  request forever.
+- a request's `Deadline` (extension DEADLINE_EXTENSION), checked whenever
+  a socket operation has to wait, headers and interim (1xx) answers
+  included: the per-read timeout alone lets a server that trickles a byte
+  now and then hold a request forever. An operation the socket can do at
+  once (`PlainStream`) neither waits nor pays for a cancel scope.
 """
 
 from __future__ import annotations
