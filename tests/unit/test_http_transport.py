@@ -1,4 +1,4 @@
-"""Http11Transport (cachefs/remote/http11.py) against a scripted loopback server.
+"""Http11Transport (cachefs/remote/http/transport.py) against a scripted loopback server.
 
 Each test starts `ScriptedServer`, a plain-socket HTTP server on 127.0.0.1
 that reads request heads and answers with the exact raw bytes the test

@@ -27,6 +27,7 @@ from a cut one. Anything TLS rejects (a certificate, a bad record) is
 from __future__ import annotations
 
 import ssl
+import threading
 
 import trio
 
@@ -36,6 +37,11 @@ from .sockstream import PlainStream
 # of plaintext, so one read holds up to 16 of them.
 RAW_RECEIVE_SIZE = 256 * 1024
 DEFAULT_RECEIVE_SIZE = 256 * 1024
+
+# Where records are decrypted before they are copied out, one per thread:
+# a decryption never awaits, so every connection of a thread can share it
+# (one per connection would cost up to 256 KiB of memory each).
+_scratch = threading.local()
 
 
 class TlsStream(trio.abc.Stream):
@@ -51,7 +57,6 @@ class TlsStream(trio.abc.Stream):
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=False,
                                      server_hostname=server_hostname)
         self._eof = False  # the peer's side has ended: only b"" from now on
-        self._buffer = bytearray(DEFAULT_RECEIVE_SIZE)
 
     async def do_handshake(self) -> None:
         """Negotiate and verify; the certificate errors are `ssl`'s, as the
@@ -140,9 +145,10 @@ class TlsStream(trio.abc.Stream):
         bytes); b"" if none, or at the end of the stream (then `_eof`)."""
         if size < 1:
             raise ValueError("max_bytes must be at least 1")
-        if size > len(self._buffer):
-            self._buffer = bytearray(size)
-        view = memoryview(self._buffer)
+        scratch = getattr(_scratch, "buffer", None)
+        if scratch is None or size > len(scratch):
+            scratch = _scratch.buffer = bytearray(max(size, DEFAULT_RECEIVE_SIZE))
+        view = memoryview(scratch)
         incoming, tls = self._incoming, self._tls
         got = 0
         try:
