@@ -18,8 +18,8 @@ held at once. It covers:
   values with CR/LF refused before anything is sent (httpx 0.28 builds such
   requests without complaint, so they reach the transport as-is);
 - which requests go to the fallback transport;
-- `make_client()` + `RemoteClient.send_quick`: redirects, and the quick path
-  being off when HTTP_PROXY applies.
+- `make_client()` + `RemoteClient.send_quick`: redirects, and the proxy
+  variables applied; an http:// proxy stays on this transport.
 """
 
 from __future__ import annotations
