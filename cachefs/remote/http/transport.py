@@ -51,6 +51,8 @@ from .tlsstream import TlsStream
 # few Python iterations, small enough to keep memory flat.
 RECEIVE_SIZE = 256 * 1024
 MAX_HEAD_BYTES = 64 * 1024
+# Bytes received without waiting after which a receive lets other tasks run.
+YIELD_EVERY = 1024 * 1024
 SIMPLE_METHODS = frozenset({b"GET", b"HEAD"})
 # Statuses whose responses never have a body (RFC 9112 section 6.3).
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -177,6 +179,7 @@ class Http11Connection:
         self.origin = origin
         self.reused = False
         self._buffer = b""
+        self._unyielded = 0  # bytes received since this task last let others run
 
     async def send(self, data: bytes, timeouts: Timeouts) -> None:
         try:
@@ -196,7 +199,14 @@ class Http11Connection:
         try:
             data = self.stream.receive_nowait(RECEIVE_SIZE)
             if data is not None:
+                self._unyielded += len(data)
+                if self._unyielded >= YIELD_EVERY:
+                    # A fast server never makes us wait: let the other
+                    # tasks (the kernel's requests) run now and then.
+                    self._unyielded = 0
+                    await trio.lowlevel.checkpoint()
                 return data
+            self._unyielded = 0
             with trio.CancelScope(deadline=timeouts.until(timeouts.read)) as scope:
                 return await self.stream.receive_some(RECEIVE_SIZE)
             raise httpx.ReadTimeout(timeouts.timed_out("waiting for the server"))
