@@ -473,3 +473,60 @@ def test_what_send_nowait_cannot_send_goes_first_with_send_all() -> None:
         reading.set()
         listener.close()
     assert bytes(received) == data + b"tail!"
+
+
+def test_silent_until_the_server_sends_or_closes() -> None:
+    """An idle connection is reused only while silent: a server that closed
+    it (some proxies do after every answer) would lose the next request."""
+    listener = socket.create_server((LOOPBACK, 0))
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    async def main() -> None:
+        streams = [await PlainStream.connect(LOOPBACK, port) for _ in range(2)]
+        accepted.extend(listener.accept()[0] for _ in streams)
+        try:
+            assert all(s.silent() for s in streams)
+            accepted[0].sendall(b"x")  # bytes nobody asked for
+            accepted[1].close()  # the end of the stream
+            for stream in streams:
+                with trio.fail_after(5):
+                    while stream.silent():
+                        await trio.sleep(0.01)
+        finally:
+            for stream in streams:
+                stream.close()
+
+    try:
+        run(main)
+    finally:
+        for sock in accepted:
+            sock.close()
+        listener.close()
+
+
+def test_tls_connection_is_not_silent_after_close_notify(serve: Callable[[Handler], TlsServer]) -> None:
+    def handler(tls: ssl.SSLSocket) -> None:
+        buffer = bytearray()
+        if read_head(tls, buffer) is not None:
+            answer(tls, b"bye")
+            tls.unwrap()
+
+    server = serve(handler)
+
+    async def main() -> None:
+        raw = await PlainStream.connect(LOOPBACK, server.port)
+        stream = TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]), LOOPBACK)
+        try:
+            await stream.do_handshake()
+            await stream.send_all(b"GET / HTTP/1.1\r\n\r\n")
+            got = b""
+            while not got.endswith(b"bye"):
+                got += await stream.receive_some(65536)
+            with trio.fail_after(5):
+                while stream.silent():
+                    await trio.sleep(0.01)
+        finally:
+            stream.close()
+
+    run(main)

@@ -108,8 +108,24 @@ class PlainStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self.socket)
 
-    async def aclose(self) -> None:
+    def silent(self) -> bool:
+        """Whether nothing at all has arrived: no bytes, no end of stream.
+        An idle HTTP/1.1 connection must be silent; one whose server has
+        closed it is not, and is not worth a request."""
+        try:
+            self.socket.recv(1, socket.MSG_PEEK)  # b"" at the end of the stream
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            pass
+        return False
+
+    def close(self) -> None:
+        """Close now; nothing to wait for."""
         if self.socket.fileno() >= 0:
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
         await trio.lowlevel.checkpoint()

@@ -188,6 +188,16 @@ class TlsStream(trio.abc.Stream):
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
+    def silent(self) -> bool:
+        """Whether nothing at all has arrived since the last receive (see
+        PlainStream.silent); a close_notify is something."""
+        return not (self._eof or self._incoming.pending or self._tls.pending()) and self.transport.silent()
+
+    def close(self) -> None:
+        """Close the socket now, without a close_notify (see aclose)."""
+        self._eof = True
+        self.transport.close()
+
     async def aclose(self) -> None:
         """Close the socket without a close_notify: HTTP/1.1 framing, not
         TLS, says where a response ends, so nothing waits for one."""

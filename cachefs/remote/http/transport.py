@@ -317,9 +317,8 @@ class Http11Connection:
         return not self._buffer
 
     async def aclose(self) -> None:
-        # Forcefully: a TLS stream would otherwise try to say goodbye first.
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(self.stream)
+        # At once, without a TLS goodbye: HTTP framing said where the answer ended.
+        self.stream.close()
 
 
 def parse_head(raw: bytes, method: bytes) -> ResponseHead:
@@ -488,11 +487,15 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     def _idle_connection(self, origin: Origin) -> Http11Connection | None:
         idle = self._idle.get(origin)
-        if not idle:
-            return None
-        conn = idle.pop()  # the most recently used: the least likely to be timed out
-        conn.reused = True
-        return conn
+        while idle:
+            conn = idle.pop()  # the most recently used: the least likely to be timed out
+            if conn.stream.silent():
+                conn.reused = True
+                return conn
+            # The server closed it (some proxies close after every answer
+            # they call keep-alive): a request sent on it would be lost.
+            conn.stream.close()
+        return None
 
     async def _connect(self, origin: Origin, timeouts: Timeouts) -> Http11Connection:
         scheme, host, port, proxy = origin
@@ -554,9 +557,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
-async def _close_quietly(stream: trio.abc.Stream | None) -> None:
+async def _close_quietly(stream: PlainStream | TlsStream | None) -> None:
     if stream is not None:
-        await trio.aclose_forcefully(stream)
+        stream.close()
 
 
 async def _tunnel(stream: PlainStream, proxy: Proxy, host: str, port: int, timeouts: Timeouts) -> None:
