@@ -1,4 +1,4 @@
-"""TLS over a trio stream, driven through memory buffers (`ssl.MemoryBIO`).
+"""TLS over a socket in trio (`PlainStream`), driven through memory buffers (`ssl.MemoryBIO`).
 
 trio's own SSLStream hands back at most one TLS record (16 KiB) per
 `receive_some`, each through its locks and retry loop: on an HTTPS download
