@@ -9,7 +9,14 @@ loopback nginx, and measures through real `cachefs` mounts:
 - big file, warm: cache complete, remounted, page cache dropped;
 - big file, hot: read again right away, page cache kept;
 - small files, cold: files/s with 1 reader and with 8 parallel readers;
-- `ls -lR` of the small-file tree on a cold mount, in seconds.
+- `ls -lR` of the small-file tree on a cold mount, in seconds;
+- the daemon's CPU time (user + system, from /proc) for the cold reads: ms
+  per MB of the big file, and ms per small file with 1 reader: on a busy
+  machine a steadier figure than the speeds.
+
+With --https the same data is served over HTTPS instead (a CA made for the
+run, trusted by the mounts and curl through SSL_CERT_FILE): compare with a
+run without it for the cost of TLS.
 
 Each figure is the median of --runs repetitions, with min and max. The big
 file's sha256 through the mount is checked against the source once per mode
@@ -18,7 +25,7 @@ so wrong bytes cannot pass for speed. Everything made (mounts, nginx, data) is
 removed at the end, also on errors and Ctrl-C.
 
     .venv/bin/python bench/bench_core.py [--big-size MiB] [--small-count N]
-                                         [--runs N] [--json FILE]
+                                         [--runs N] [--https] [--json FILE]
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ from cachefs.benchmark.data import BIG_NAME, SMALL_DIR, FileSet, data_gets, gene
 from cachefs.benchmark.model import Record, Series
 from cachefs.benchmark.report import fmt_number, format_table, load_line, script_document
 from cachefs.benchmark.rig import MountBench, Rig, require_tools, run_script
-from cachefs.benchmark.system import (MB, BenchError, KiB, MiB, cache_state, drop_page_cache,
+from cachefs.benchmark.system import (MB, BenchError, KiB, MiB, cache_state, daemon_of, drop_page_cache,
                                       hash_whole, make_hot, read_files, sequential_mbps, timed)
 from cachefs.localstore.nginx import NginxStore
+from cachefs.localstore.tls import make_server_cert
 
 SMALL_SIZE = 16 * KiB
 PARALLEL_READERS = 8
@@ -66,14 +74,24 @@ def new_record() -> Record:
         f"small_cold_{PARALLEL_READERS}": Series(
             f"small files cold, {PARALLEL_READERS} readers", "files/s"),
         "ls_cold": Series("ls -lR cold", "s"),
+        "cpu_big_cold": Series("daemon CPU, big file cold", "ms/MB"),
+        "cpu_small_cold": Series("daemon CPU, small files cold, 1 reader", "ms/file"),
     })
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time `pid` has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CoreBench(MountBench):
     """The measurements; each one mounts a fresh cache, measures, unmounts and checks logs."""
 
-    def __init__(self, rig: Rig, store: NginxStore, files: FileSet, record: Record) -> None:
-        super().__init__(rig, store.url, record)
+    def __init__(self, rig: Rig, store: NginxStore, files: FileSet, record: Record, https: bool) -> None:
+        super().__init__(rig, store.https_url if https else store.url, record)
         self.store = store
         self.files = files
 
@@ -95,9 +113,10 @@ class CoreBench(MountBench):
 
     def curl(self) -> None:
         make_hot([self.store.root / BIG_NAME])
+        tls = ["--cacert", str(self.store.tls.ca)] if self.store.tls is not None else []
         out = subprocess.run(
-            ["curl", "-s", "--noproxy", "*", "-o", "/dev/null",
-             "-w", "%{speed_download} %{size_download} %{http_code}", self.store.url + BIG_NAME],
+            ["curl", "-s", "--noproxy", "*", "-o", "/dev/null", *tls,
+             "-w", "%{speed_download} %{size_download} %{http_code}", self.url + BIG_NAME],
             capture_output=True, text=True, check=False,
         )
         fields = out.stdout.split()
@@ -116,7 +135,10 @@ class CoreBench(MountBench):
             os.sync()
             self.mount(cache)
             self.store.clear_access_log()
+            pid = daemon_of(self.mountpoint).pid
+            cpu = cpu_seconds(pid)
             speeds["cold"] = self.read_big(verify, "cold")
+            speeds["cpu_cold"] = (cpu_seconds(pid) - cpu) * 1000 / (self.files.big_size / MB)
             self.record.note("cold_data_gets", data_gets(self.store, BIG_NAME))
 
             self.remount(cache)
@@ -129,17 +151,21 @@ class CoreBench(MountBench):
             self.record.note("state_after_warm", cache_state(self.mountpoint / BIG_NAME))
         return speeds
 
-    def small_files(self, label: str, readers: int) -> float:
-        """Read every small file once (open/read/close, sha256-checked); return files/s."""
+    def small_files(self, label: str, readers: int) -> tuple[float, float]:
+        """Read every small file once (open/read/close, sha256-checked); return
+        files/s and the daemon's CPU ms per file."""
         with self.fresh_cache(label) as cache:
             make_hot(self.files.small_paths(self.store.root))
             os.sync()
             self.mount(cache)
             paths = self.files.small_paths(self.mountpoint)
-            files_per_s = read_files(paths, self.files.expected_small(lambda k: self.mountpoint / k),
-                                     readers)
+            expected = self.files.expected_small(lambda k: self.mountpoint / k)
+            pid = daemon_of(self.mountpoint).pid
+            cpu = cpu_seconds(pid)
+            files_per_s = read_files(paths, expected, readers)
+            cpu_ms = (cpu_seconds(pid) - cpu) * 1000 / len(paths)
         self.record.note("small_files_verified", len(paths))
-        return files_per_s
+        return files_per_s, cpu_ms
 
     def ls_lr(self, label: str) -> float:
         """Seconds for `ls -lR` of the small-file tree on a cold mount."""
@@ -161,9 +187,12 @@ class CoreBench(MountBench):
         s["big_cold"].add(big["cold"])
         s["big_warm"].add(big["warm"])
         s["big_hot"].add(big["hot"])
-        s["small_cold_1"].add(self.small_files(f"small1-{i}", 1))
+        s["cpu_big_cold"].add(big["cpu_cold"])
+        files_per_s, cpu_ms = self.small_files(f"small1-{i}", 1)
+        s["small_cold_1"].add(files_per_s)
+        s["cpu_small_cold"].add(cpu_ms)
         s[f"small_cold_{PARALLEL_READERS}"].add(
-            self.small_files(f"small{PARALLEL_READERS}-{i}", PARALLEL_READERS))
+            self.small_files(f"small{PARALLEL_READERS}-{i}", PARALLEL_READERS)[0])
         s["ls_cold"].add(self.ls_lr(f"ls-{i}"))
 
 
@@ -199,7 +228,7 @@ def summary(record: Record) -> dict[str, dict[str, Any]]:
 def render(figures: dict[str, dict[str, Any]], facts: dict[str, Any], header: str) -> str:
     rows = []
     for f in figures.values():
-        digits = 2 if f["unit"] == "s" else 0
+        digits = 0 if f["unit"] in ("MB/s", "files/s") else 2
         ratio = f"{f['ratio_to_curl']:.2f}x" if f["ratio_to_curl"] is not None else ""
         target = ""
         if f["target"] is not None:
@@ -246,6 +275,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"number of {SMALL_SIZE // KiB} KiB files (default 2000)")
     p.add_argument("--runs", type=int, default=3, metavar="N",
                    help="repetitions of every measurement (default 3)")
+    p.add_argument("--https", action="store_true",
+                   help="serve over HTTPS, with a CA made for the run (default: plain HTTP)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write all raw numbers here")
     args = p.parse_args(argv)
     if args.big_size < 1 or args.small_count < 1 or args.runs < 1:
@@ -262,10 +293,15 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
               f"in {rig.workspace.path} ...", flush=True)
         source = rig.workspace.fresh_dir("store")
         files = generate(source, args.big_size * MiB, args.small_count, SMALL_SIZE)
-        store = rig.serve(NginxStore(source, rig.workspace.fresh_dir("nginx")))
-        print(f"serving at {store.url}", flush=True)
+        cert = None
+        if args.https:
+            cert = make_server_cert(rig.workspace.fresh_dir("tls"))
+            # The mounts (child processes) trust the run's CA as users trust theirs.
+            os.environ["SSL_CERT_FILE"] = str(cert.ca)
+        store = rig.serve(NginxStore(source, rig.workspace.fresh_dir("nginx"), tls=cert))
+        bench = CoreBench(rig, store, files, record, args.https)
+        print(f"serving at {bench.url}", flush=True)
 
-        bench = CoreBench(rig, store, files, record)
         started = time.perf_counter()
         record.facts["loadavg_1m_start"] = os.getloadavg()[0]
         print("verification pass (sha256 of the big file, cold/warm/hot) ...", flush=True)
@@ -276,10 +312,10 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         record.facts["elapsed_s"] = time.perf_counter() - started
         record.facts["loadavg_1m_end"] = os.getloadavg()[0]
     config = {"big_size_mib": args.big_size, "small_count": args.small_count,
-              "small_size": SMALL_SIZE, "runs": args.runs,
+              "small_size": SMALL_SIZE, "runs": args.runs, "https": args.https,
               "parallel_readers": PARALLEL_READERS, "read_block": MiB, "mb": MB}
     report = script_document(config, summary(record), record.facts)
-    header = (f"cachefs core benchmark: big file {args.big_size} MiB, "
+    header = (f"cachefs core benchmark{' over HTTPS' if args.https else ''}: big file {args.big_size} MiB, "
               f"{args.small_count} x {SMALL_SIZE // KiB} KiB small files, "
               f"median of {args.runs} runs (MB = 10^6 bytes)")
     return render(report["figures"], report["facts"], header), report

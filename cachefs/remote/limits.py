@@ -7,6 +7,7 @@ show and check the defaults without importing httpx or trio.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .base import BadResponse, Unreachable
@@ -24,6 +25,9 @@ DEFAULT_MIN_RATE = 4096  # bytes per second
 # pages of an S3 listing together.
 DEFAULT_MAX_LISTING_BYTES = 64 * 1024 * 1024
 
+# Makes a Deadline(now + timeout, per_byte); set on the first request.
+_new_deadline: Callable[[float, float], Deadline] | None = None
+
 
 @dataclass(frozen=True)
 class RequestLimits:
@@ -39,11 +43,19 @@ class RequestLimits:
 
     def deadline(self) -> Deadline:
         """The deadline of a request starting now."""
-        import trio
+        global _new_deadline
+        if _new_deadline is None:
+            # Imported on first use (this module is imported without trio),
+            # then kept: an import statement per request showed in profiles.
+            import trio
 
-        from .http.transport import Deadline
+            from .http.transport import Deadline
 
-        return Deadline(trio.current_time() + self.timeout_s, 1.0 / self.min_rate)
+            def make(timeout_s: float, per_byte: float) -> Deadline:
+                return Deadline(trio.current_time() + timeout_s, per_byte)
+
+            _new_deadline = make
+        return _new_deadline(self.timeout_s, 1.0 / self.min_rate)
 
     def too_large(self, what: str) -> BadResponse:
         return BadResponse(f"{what}: listing larger than {self.max_listing_bytes} bytes (--max-listing-size)")

@@ -1,4 +1,4 @@
-"""Http11Transport (cachefs/remote/http11.py) against a scripted loopback server.
+"""Http11Transport (cachefs/remote/http/transport.py) against a scripted loopback server.
 
 Each test starts `ScriptedServer`, a plain-socket HTTP server on 127.0.0.1
 that reads request heads and answers with the exact raw bytes the test
@@ -18,8 +18,8 @@ held at once. It covers:
   values with CR/LF refused before anything is sent (httpx 0.28 builds such
   requests without complaint, so they reach the transport as-is);
 - which requests go to the fallback transport;
-- `make_client()` + `RemoteClient.send_quick`: redirects, and the quick path
-  being off when HTTP_PROXY applies.
+- `make_client()` + `RemoteClient.send_quick`: redirects, and the proxy
+  variables applied; an http:// proxy stays on this transport.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import httpx
 import pytest
 import trio
 
+from cachefs.remote.http.proxies import ProxyChoice
 from cachefs.remote.http.transport import Http11Transport
 from cachefs.remote.http.client import make_client, range_header
 
@@ -918,7 +919,7 @@ def test_send_quick_uses_the_environment_proxy(server: ScriptedServer, proxy_ser
 
 def test_https_uses_the_environment_proxy(proxy_server: ScriptedServer, refused_port: int,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    # https goes to httpx's own transport; HTTPS_PROXY must still apply to it.
+    # https goes through a CONNECT tunnel to the proxy HTTPS_PROXY names.
     monkeypatch.setenv("HTTPS_PROXY", f"http://{LOOPBACK}:{proxy_server.port}")
     proxy_server.default = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
 
@@ -930,3 +931,29 @@ def test_https_uses_the_environment_proxy(proxy_server: ScriptedServer, refused_
 
     run(main)
     assert proxy_server.lines == [f"CONNECT {LOOPBACK}:{refused_port} HTTP/1.1"]
+
+
+def test_an_http_proxy_is_used_by_this_transport_not_the_fallback(server: ScriptedServer,
+                                                                  proxy_server: ScriptedServer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through an http:// proxy, GETs stay on the lean path (httpx's own
+    transport costs several times the CPU per request), and reuse their
+    connection to the proxy."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://{LOOPBACK}:{proxy_server.port}")
+    proxy_server.default = ok(b"via the proxy")
+    fallback = RecordingFallback()
+
+    async def main() -> None:
+        transport = Http11Transport(lambda proxy: fallback, max_connections=4, proxies=ProxyChoice(None))
+        try:
+            for _ in range(3):
+                got = await fetch(transport, server.url("/f"))
+                assert (got.status, got.body) == (200, b"via the proxy")
+        finally:
+            await transport.aclose()
+        assert transport.connections_made == 1
+
+    run(main)
+    assert fallback.requests == [] and server.accepted == 0
+    assert proxy_server.lines == [f"GET {server.url('/f')} HTTP/1.1"] * 3
+    assert proxy_server.accepted == 1

@@ -1,4 +1,4 @@
-"""An httpx transport that speaks HTTP/1.1 over trio sockets, and little else.
+"""An httpx transport that speaks HTTP/1.1 over sockets in trio, and little else.
 
 A cold read of many small files makes one request per file, and the daemon
 has one thread for everything. httpx's own transport (httpcore and h11)
@@ -19,15 +19,16 @@ What it does:
   is sent again on a new connection (GET and HEAD are safe to repeat);
 - through a proxy: plain-HTTP requests name the absolute URL; HTTPS goes
   through a CONNECT tunnel, with Proxy-Authorization from the proxy URL;
-- TLS through trio's SSLStream, verified against the same CA bundle httpx
-  would use (SSL_CERT_FILE and SSL_CERT_DIR included); httpx's transport
-  spent about twice our CPU per request on top of the TLS work itself;
+- TLS through `TlsStream` (memory buffers; trio's SSLStream cost more
+  than the decryption itself), verified against the same CA bundle httpx
+  would use (SSL_CERT_FILE and SSL_CERT_DIR included);
 - httpx's timeouts (connect, read, write) and httpx's exceptions, so
   callers cannot tell the two transports apart;
-- a request's `Deadline` (extension DEADLINE_EXTENSION), checked on every
-  socket operation, headers and interim (1xx) answers included: the per-read
-  timeout alone lets a server that trickles a byte now and then hold a
-  request forever.
+- a request's `Deadline` (extension DEADLINE_EXTENSION), checked whenever
+  a socket operation has to wait, headers and interim (1xx) answers
+  included: the per-read timeout alone lets a server that trickles a byte
+  now and then hold a request forever. An operation the socket can do at
+  once (`PlainStream`) neither waits nor pays for a cancel scope.
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ import httpx
 import trio
 
 from .proxies import DEFAULT_PORTS, Proxy, ProxyChoice
+from .sockstream import PlainStream
+from .tlsstream import TlsStream
 
 # Bytes asked of the socket at once: big enough that a fast download costs
 # few Python iterations, small enough to keep memory flat.
 RECEIVE_SIZE = 256 * 1024
 MAX_HEAD_BYTES = 64 * 1024
+# Bytes received without waiting after which a receive lets other tasks run.
+YIELD_EVERY = 1024 * 1024
 SIMPLE_METHODS = frozenset({b"GET", b"HEAD"})
 # Statuses whose responses never have a body (RFC 9112 section 6.3).
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -162,20 +167,28 @@ class _StaleConnection(Exception):
 
 
 class Http11Connection:
-    """One socket to an origin, with the bytes received but not yet used."""
+    """One socket to an origin, with the bytes received but not yet used.
 
-    def __init__(self, stream: trio.abc.Stream, origin: Origin) -> None:
+    Each socket operation is first tried without waiting (`send_nowait`,
+    `receive_nowait`); only a wait gets a cancel scope with the operation's
+    timeout, which costs more than the rest of the operation.
+    """
+
+    def __init__(self, stream: PlainStream | TlsStream, origin: Origin) -> None:
         self.stream = stream
         self.origin = origin
         self.reused = False
         self._buffer = b""
+        self._unyielded = 0  # bytes received since this task last let others run
 
     async def send(self, data: bytes, timeouts: Timeouts) -> None:
         try:
-            with trio.fail_at(timeouts.until(timeouts.write)):
-                await self.stream.send_all(data)
-        except trio.TooSlowError:
-            raise httpx.WriteTimeout(timeouts.timed_out("sending the request")) from None
+            if self.stream.send_nowait(data):
+                return
+            with trio.CancelScope(deadline=timeouts.until(timeouts.write)) as scope:
+                await self.stream.send_all(b"")  # what send_nowait left
+            if scope.cancelled_caught:
+                raise httpx.WriteTimeout(timeouts.timed_out("sending the request"))
         except (OSError, trio.BrokenResourceError) as e:
             if self.reused:
                 raise _StaleConnection() from e
@@ -184,10 +197,19 @@ class Http11Connection:
     async def _receive(self, timeouts: Timeouts) -> bytes:
         """The next bytes from the socket; b"" at the end of the stream."""
         try:
-            with trio.fail_at(timeouts.until(timeouts.read)):
+            data = self.stream.receive_nowait(RECEIVE_SIZE)
+            if data is not None:
+                self._unyielded += len(data)
+                if self._unyielded >= YIELD_EVERY:
+                    # A fast server never makes us wait: let the other
+                    # tasks (the kernel's requests) run now and then.
+                    self._unyielded = 0
+                    await trio.lowlevel.checkpoint()
+                return data
+            self._unyielded = 0
+            with trio.CancelScope(deadline=timeouts.until(timeouts.read)) as scope:
                 return await self.stream.receive_some(RECEIVE_SIZE)
-        except trio.TooSlowError:
-            raise httpx.ReadTimeout(timeouts.timed_out("waiting for the server")) from None
+            raise httpx.ReadTimeout(timeouts.timed_out("waiting for the server"))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise httpx.ReadError(f"receiving failed: {e}") from None
 
@@ -295,9 +317,8 @@ class Http11Connection:
         return not self._buffer
 
     async def aclose(self) -> None:
-        # Forcefully: a TLS stream would otherwise try to say goodbye first.
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(self.stream)
+        # At once, without a TLS goodbye: HTTP framing said where the answer ended.
+        self.stream.close()
 
 
 def parse_head(raw: bytes, method: bytes) -> ResponseHead:
@@ -466,26 +487,29 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     def _idle_connection(self, origin: Origin) -> Http11Connection | None:
         idle = self._idle.get(origin)
-        if not idle:
-            return None
-        conn = idle.pop()  # the most recently used: the least likely to be timed out
-        conn.reused = True
-        return conn
+        while idle:
+            conn = idle.pop()  # the most recently used: the least likely to be timed out
+            if conn.stream.silent():
+                conn.reused = True
+                return conn
+            # The server closed it (some proxies close after every answer
+            # they call keep-alive): a request sent on it would be lost.
+            conn.stream.close()
+        return None
 
     async def _connect(self, origin: Origin, timeouts: Timeouts) -> Http11Connection:
         scheme, host, port, proxy = origin
-        stream: trio.abc.Stream | None = None
+        stream: PlainStream | TlsStream | None = None
         try:
             with trio.fail_at(timeouts.until(timeouts.connect)):
                 if proxy is None:
-                    stream = await trio.open_tcp_stream(host, port)
+                    stream = await PlainStream.connect(host, port)
                 else:
-                    stream = await trio.open_tcp_stream(proxy.host, proxy.port)
+                    stream = await PlainStream.connect(proxy.host, proxy.port)
                     if scheme == "https":
                         await _tunnel(stream, proxy, host, port, timeouts)
                 if scheme == "https":
-                    stream = trio.SSLStream(stream, self._tls_context(), server_hostname=host,
-                                            https_compatible=True)
+                    stream = TlsStream(stream, self._tls_context(), server_hostname=host)
                     await stream.do_handshake()
         except trio.TooSlowError:
             await _close_quietly(stream)
@@ -533,12 +557,12 @@ class Http11Transport(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
-async def _close_quietly(stream: trio.abc.Stream | None) -> None:
+async def _close_quietly(stream: PlainStream | TlsStream | None) -> None:
     if stream is not None:
-        await trio.aclose_forcefully(stream)
+        stream.close()
 
 
-async def _tunnel(stream: trio.abc.Stream, proxy: Proxy, host: str, port: int, timeouts: Timeouts) -> None:
+async def _tunnel(stream: PlainStream, proxy: Proxy, host: str, port: int, timeouts: Timeouts) -> None:
     """Ask `proxy`, on `stream`, for a tunnel to host:port (CONNECT)."""
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
