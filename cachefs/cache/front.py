@@ -158,11 +158,16 @@ class Cache:
         # Told (key, version) of every object discarded because the remote's
         # bytes changed: the layer above must stop serving that version.
         self.on_discard: list[Callable[[str, str], None]] = []
+        # Asked to let go of the uses of objects the layer above keeps open
+        # only to reopen them faster; each returns how many it let go of.
+        # Called when the cache needs room that only they hold, and when it
+        # starts over.
+        self.on_pressure: list[Callable[[], int]] = []
         self._objects = ObjectTable(on_closed=self._closed)
         self._forgetting: set[int] = set()  # object ids whose chunk rows are being deleted
         self._journal = Journal(self._db, self._objects)
         self._evictor = Evictor(self._db, self._data_path, self._objects.is_open, config.cap_bytes,
-                                config.min_free_bytes, self._settle)
+                                config.min_free_bytes, self._settle, self._relieve)
         self._discards = Discards(self._objects, self._journal, self._evictor, self._db, nursery, self.on_discard)
         self._watch = FolderWatch(held, self._start_over)
         self._fetcher = ChunkFetcher(remote, self._journal, self._evictor, nursery, self._objects,
@@ -326,9 +331,14 @@ class Cache:
             self._forgetting.discard(object_id)
             return
 
+    def _relieve(self) -> bool:
+        """Ask the layer above to close what it keeps open for speed; True if it did."""
+        return sum(let_go() for let_go in self.on_pressure) > 0
+
     async def _start_over(self) -> None:
         """The folder's files were lost and made anew (see `recovery`):
         forget what was recorded in the old ones."""
+        self._relieve()
         for obj in self._objects:
             obj.detached = True
             obj.object_id = None
@@ -382,6 +392,9 @@ class Cache:
         """Start fetching a whole object in the background, unless cached."""
         if size == 0:
             return  # nothing to fetch, and an empty object keeps no data file
+        obj = self._objects.find(key, version)
+        if obj is not None and obj.complete:
+            return  # open, and complete: no need to ask the database
         row = self._db.find_object(key, version)
         if row is None or not row.complete:
             self._nursery.start_soon(self._fetch_whole, key, version, size, mtime)
