@@ -22,6 +22,9 @@ WINDOW_BYTES = 64 * 1024 * 1024  # and at most this many bytes
 MIN_STREAK = 2  # opens in listing order before read-ahead starts
 MAX_GAP = 2  # a reader may skip a name (e.g. a subdirectory) and still be in order
 MAX_DIRECTORIES = 1024  # cursors kept, most recently used
+# Entries read from the listing at a time: a reader walking the directory
+# then costs one page read per this many opens, not two per open.
+PAGE_ENTRIES = 4 * WINDOW_FILES
 
 
 @dataclass
@@ -31,22 +34,34 @@ class _Cursor:
     issued_to: bytes  # read-ahead has been started up to this name
 
 
+@dataclass
+class _Page:
+    """Entries of one listing (by its key) read in order after the name `after`."""
+
+    listing_key: tuple[int, int]
+    after: bytes
+    entries: list[RemoteEntry]
+    index: dict[bytes, int]  # name -> position in entries
+    to_end: bool  # the listing has nothing after the last entry
+
+
 class DirectoryReadahead:
     """Decides which siblings of a just-opened small file to fetch early."""
 
     def __init__(self, small_size: int) -> None:
         self._small_size = small_size
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
+        self._pages: dict[str, _Page] = {}  # the last page read of each directory with a cursor
 
     def on_open(self, directory: str, listing: Listing, name: str) -> list[RemoteEntry]:
         """Note that `name` in `directory` was opened; return entries to fetch now.
 
         Works on names, not positions, so that a listing read from the
-        database a page at a time answers it with two short reads."""
+        database a page at a time answers it, a page per many opens."""
         raw = name_bytes(name)
         cursor = self._cursors.get(directory)
         if cursor is not None and raw > cursor.name and raw in {
-                name_bytes(e.name) for e in listing.page(cursor.name, MAX_GAP)}:
+                name_bytes(e.name) for e in self._following(directory, listing, cursor.name, MAX_GAP)}:
             cursor.name, cursor.streak = raw, cursor.streak + 1
         else:
             cursor = _Cursor(raw, 1, raw)
@@ -54,7 +69,7 @@ class DirectoryReadahead:
         if cursor.streak < MIN_STREAK:
             return []
         # The window ends WINDOW_FILES names after the one opened.
-        window = listing.page(raw, WINDOW_FILES)
+        window = self._following(directory, listing, raw, WINDOW_FILES)
         start = max(raw, cursor.issued_to)
         picks: list[RemoteEntry] = []
         budget = WINDOW_BYTES
@@ -75,11 +90,30 @@ class DirectoryReadahead:
                 cursor.issued_to = max(cursor.issued_to, name_bytes(window[-1].name))
         return picks
 
+    def _following(self, directory: str, listing: Listing, name: bytes, count: int) -> list[RemoteEntry]:
+        """Up to `count` entries after `name`: from the directory's last page
+        when it holds them, else from a new page read there."""
+        page = self._pages.get(directory)
+        if page is not None and page.listing_key == listing.key:
+            if name == page.after:
+                start: int | None = 0
+            else:
+                pos = page.index.get(name)
+                start = None if pos is None else pos + 1
+            if start is not None and (start + count <= len(page.entries) or page.to_end):
+                return page.entries[start:start + count]
+        entries = listing.page(name, PAGE_ENTRIES)
+        self._pages[directory] = _Page(listing.key, name, entries,
+                                       {name_bytes(e.name): i for i, e in enumerate(entries)},
+                                       len(entries) < PAGE_ENTRIES)
+        return entries[:count]
+
     def _remember(self, directory: str, cursor: _Cursor) -> None:
         self._cursors[directory] = cursor
         self._cursors.move_to_end(directory)
         while len(self._cursors) > MAX_DIRECTORIES:
-            self._cursors.popitem(last=False)
+            old, _ = self._cursors.popitem(last=False)
+            self._pages.pop(old, None)
 
 
 LISTING_WINDOW = 4  # directory listings fetched ahead of the reader
