@@ -291,7 +291,11 @@ class Cache:
             fd, found_size = open_data_file(path, size)
         present: set[int] = set()
         if row is not None and row.id not in self._forgetting:
-            present = self._db.chunks_of(row.id)
+            if row.complete and row.size == size:
+                # Complete means every chunk is recorded: no need to ask which.
+                present = set(range(-(-size // row.chunk_size)))
+            else:
+                present = self._db.chunks_of(row.id)
             why = ""
             if present and found_size != size:
                 why = "data file of %s had the wrong size; fetching it again"

@@ -450,21 +450,14 @@ class Filesystem:
             self.stats.backing_ids_open += 1
             return True
         try:
-            # Through the daemon's own descriptor: the same file even when
-            # the cache folder was removed or rebuilt under us since.
-            fd = os.open(f"/proc/self/fd/{obj.fd}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            # The cache folder was removed under us (the cache rebuilds it).
-            log.warning("passthrough for %r failed (%s); serving it from the daemon", inode.path, e)
-            return False
-        try:
-            inode.backing_id = self._backing.open(fd)
+            # The daemon's own descriptor: the same file even when the cache
+            # folder was removed or rebuilt under us since. The kernel takes
+            # a reference to it, but reads through a file of its own, opened
+            # read-only by path at each passthrough open.
+            inode.backing_id = self._backing.open(obj.fd)
         except BackingError as e:
             log.warning("passthrough for %r failed (%s); serving it from the daemon", inode.path, e)
             return False
-        finally:
-            # The kernel holds its own reference to the file.
-            os.close(fd)
         inode.kernel_ops = PASSTHROUGH_OPS
         self.stats.backing_ids_open += 1
         return True
