@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 # How long to gather chunks before a flush: a few chunks of a fast download.
 BATCH_SECONDS = 0.1
+# How long open times wait to be recorded when no chunk is queued: they only
+# order eviction, and each write makes SQLite's readers drop their cached
+# pages, which a reader of warm files then reads again (from disk, cold).
+TOUCH_SECONDS = 2.0
 
 
 class QueuedChunk(NamedTuple):
@@ -86,14 +90,17 @@ class Journal:
         await done.wait()
 
     def opened(self, obj: CachedObject) -> None:
-        """Note that `obj` was opened now (recorded with the next batch)."""
+        """Note that `obj` was opened now (recorded with the next batch, or
+        within TOUCH_SECONDS)."""
         self._opened[obj] = time.time()
-        self._wakeup.set()
 
     async def run(self) -> None:
         """Flush forever; cancel to stop (then call `flush` once more)."""
         while True:
-            await self._wakeup.wait()
+            with trio.move_on_after(TOUCH_SECONDS):
+                await self._wakeup.wait()
+            if not self._wakeup.is_set() and not self._opened:
+                continue
             with trio.move_on_after(BATCH_SECONDS):
                 await self._hurry.wait()
             # A batch taken must be recorded: cancelling it half way would
