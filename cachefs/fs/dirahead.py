@@ -10,6 +10,7 @@ triggers it, and the window is bounded in files and bytes.
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ class _Page:
     listing_key: tuple[int, int]
     after: bytes
     entries: list[RemoteEntry]
+    names: list[bytes]  # of the entries, as the listing orders them
     index: dict[bytes, int]  # name -> position in entries
     to_end: bool  # the listing has nothing after the last entry
 
@@ -60,23 +62,21 @@ class DirectoryReadahead:
         database a page at a time answers it, a page per many opens."""
         raw = name_bytes(name)
         cursor = self._cursors.get(directory)
-        if cursor is not None and raw > cursor.name and raw in {
-                name_bytes(e.name) for e in self._following(directory, listing, cursor.name, MAX_GAP)}:
+        if cursor is not None and raw > cursor.name and raw in self._following(
+                directory, listing, cursor.name, MAX_GAP)[1]:
             cursor.name, cursor.streak = raw, cursor.streak + 1
         else:
             cursor = _Cursor(raw, 1, raw)
         self._remember(directory, cursor)
         if cursor.streak < MIN_STREAK:
             return []
-        # The window ends WINDOW_FILES names after the one opened.
-        window = self._following(directory, listing, raw, WINDOW_FILES)
-        start = max(raw, cursor.issued_to)
+        # The window ends WINDOW_FILES names after the one opened; what is
+        # up to `issued_to` in it was started by earlier opens.
+        window, names = self._following(directory, listing, raw, WINDOW_FILES)
+        first = bisect.bisect_right(names, cursor.issued_to)
         picks: list[RemoteEntry] = []
         budget = WINDOW_BYTES
-        for entry in window:
-            entry_name = name_bytes(entry.name)
-            if entry_name <= start:
-                continue
+        for entry, entry_name in zip(window[first:], names[first:]):
             if entry.is_dir or entry.size > self._small_size:
                 cursor.issued_to = entry_name
                 continue
@@ -86,13 +86,14 @@ class DirectoryReadahead:
             picks.append(entry)
             cursor.issued_to = entry_name
         else:
-            if window:
-                cursor.issued_to = max(cursor.issued_to, name_bytes(window[-1].name))
+            if names:
+                cursor.issued_to = max(cursor.issued_to, names[-1])
         return picks
 
-    def _following(self, directory: str, listing: Listing, name: bytes, count: int) -> list[RemoteEntry]:
-        """Up to `count` entries after `name`: from the directory's last page
-        when it holds them, else from a new page read there."""
+    def _following(self, directory: str, listing: Listing, name: bytes,
+                   count: int) -> tuple[list[RemoteEntry], list[bytes]]:
+        """Up to `count` entries after `name`, and their names: from the
+        directory's last page when it holds them, else from a new page read there."""
         page = self._pages.get(directory)
         if page is not None and page.listing_key == listing.key:
             if name == page.after:
@@ -101,12 +102,12 @@ class DirectoryReadahead:
                 pos = page.index.get(name)
                 start = None if pos is None else pos + 1
             if start is not None and (start + count <= len(page.entries) or page.to_end):
-                return page.entries[start:start + count]
+                return page.entries[start:start + count], page.names[start:start + count]
         entries = listing.page(name, PAGE_ENTRIES)
-        self._pages[directory] = _Page(listing.key, name, entries,
-                                       {name_bytes(e.name): i for i, e in enumerate(entries)},
-                                       len(entries) < PAGE_ENTRIES)
-        return entries[:count]
+        names = [name_bytes(e.name) for e in entries]
+        self._pages[directory] = _Page(listing.key, name, entries, names,
+                                       {n: i for i, n in enumerate(names)}, len(entries) < PAGE_ENTRIES)
+        return entries[:count], names[:count]
 
     def _remember(self, directory: str, cursor: _Cursor) -> None:
         self._cursors[directory] = cursor
