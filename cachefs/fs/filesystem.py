@@ -29,7 +29,7 @@ from cachefs.kernel.wire import ROOT_ID, Attr, DirentType, OpenFlag
 from cachefs.remote import NotFound, Remote, RemoteEntry, RemoteError, VersionChanged
 
 from .dirahead import DirectoryReadahead, ListingReadahead
-from .inodes import Inode, InodeTable, child_path, split_path
+from .inodes import Inode, InodeTable, child_path, is_under, split_path
 from .kept import KeptBacking, KeptBackings
 from .listings import Listing, Listings, ListingUnreadable, name_bytes
 from .openmode import PASSTHROUGH_OPS, HandleMode, KernelOps, choose_mode
@@ -357,7 +357,7 @@ class Filesystem:
         """Drop what is cached at or under `paths`: the cache's files, and the
         kernel's page cache of files no handle has open (an open one keeps
         both, and is named in the result)."""
-        self._close_kept(self.kept.take_where(lambda key: _under(key, paths)))
+        self._close_kept(self.kept.take_where(lambda key: is_under(key, paths)))
         result = await self.cache.evict(paths)
         inval = self.connection.notify_inval_inode if self.connection else None
         if inval is not None:
@@ -472,7 +472,8 @@ class Filesystem:
         backing_id, inode.backing_id = inode.backing_id, 0
         inode.kernel_ops = KernelOps.NONE
         self.stats.backing_ids_open -= 1
-        if not (inode.retired or obj.stale or obj.detached) and obj.complete and obj.nchunks <= 1 and self.kept.fits(obj):
+        keep = not (inode.retired or obj.stale or obj.detached) and obj.complete and obj.nchunks <= 1
+        if keep and self.kept.fits(obj):
             self.stats.backing_ids_kept += 1
             self._close_kept(self.kept.keep(KeptBacking(obj, backing_id)))
             return
@@ -645,11 +646,6 @@ class Filesystem:
         if state is CacheState.PARTIAL:
             return f"partial {cached}/{inode.size}"
         return state.value
-
-
-def _under(key: str, paths: list[str]) -> bool:
-    """Whether `key` is at or below one of `paths` ('' is everything)."""
-    return any(p == "" or key == p or key.startswith(p.rstrip("/") + "/") for p in paths)
 
 
 def _kept_count() -> int:
