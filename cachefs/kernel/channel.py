@@ -26,8 +26,6 @@ PAGE_SIZE = 4096
 # The read buffer must hold the largest request the kernel may send.
 READ_BUFFER = MAX_PAGES * PAGE_SIZE + 64 * 1024
 
-# Requests handled back to back before the loop lets other tasks run.
-YIELD_EVERY = 8
 # One request as it came from the kernel: header and body; True to go on.
 RequestHandler = Callable[[bytes], bool]
 # A message to the kernel in pieces, written as one.
@@ -71,12 +69,10 @@ class DevFuseChannel:
     async def serve(self, handle: RequestHandler) -> None:
         fd = self.fd
         os.set_blocking(fd, False)
-        unyielded = 0  # requests handled since the loop last let other tasks run
         while True:
             try:
                 buf = os.read(fd, READ_BUFFER)
             except BlockingIOError:
-                unyielded = 0
                 await trio.lowlevel.wait_readable(fd)
                 continue
             except OSError as e:
@@ -91,14 +87,7 @@ class DevFuseChannel:
                 return
             if not handle(buf):
                 return
-            # Waiting for the next request lets other tasks run; a steady
-            # stream of them yields every few requests. A checkpoint after
-            # each was a pass through trio's scheduler per request for the
-            # usual one reader, who sends nothing until it has its answer.
-            unyielded += 1
-            if unyielded >= YIELD_EVERY:
-                unyielded = 0
-                await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
 
     def reply(self, parts: Parts) -> None:
         try:
