@@ -37,7 +37,7 @@ from cachefs.remote import Pin, Remote
 
 from .db import ListingRow, ObjectRow, Usage
 from .evictor import EvictResult, Evictor
-from .fanout import data_path, make_data_dir
+from .fanout import data_file_name, data_path, make_data_dir
 from .fetcher import ChunkFetcher
 from .discard import Discards
 from .folder import FolderWatch, HeldFolder
@@ -154,6 +154,7 @@ class Cache:
         self.source = remote.source
         self.folder = held.path
         self.data_dir = held.path / DATA_NAME
+        self._data_dir_name = str(self.data_dir)
         self.chunk_size = config.chunk_size
         # Told (key, version) of every object discarded because the remote's
         # bytes changed: the layer above must stop serving that version.
@@ -274,7 +275,7 @@ class Cache:
         """
         row = row or self._db.find_object(key, version)
         name = row.data_name if row else hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:40]
-        path = data_path(self.data_dir, name)
+        path = data_file_name(self._data_dir_name, name)
         # Inline, not in a worker thread: with the data folder spread over
         # block groups (fanout.py) creating a file takes ~20 µs, less than
         # the thread hop would.
@@ -314,7 +315,7 @@ class Cache:
         pin = Pin(size, row.validator if row is not None and present else None)
         return CachedObject(
             key=key, version=version, size=size, mtime=mtime, chunk_size=chunk_size,
-            path=path, fd=fd, object_id=row.id if row else None, present=present, pin=pin,
+            file=path, fd=fd, object_id=row.id if row else None, present=present, pin=pin,
         )
 
     def _data_path(self, row: ObjectRow) -> Path:

@@ -212,7 +212,7 @@ class Journal:
             object_id = obj.object_id or new_ids.get(obj)
             if object_id is None:
                 object_id = new_ids[obj] = CacheDB.insert_object(
-                    db, obj.key, obj.version, obj.size, obj.mtime, obj.chunk_size, obj.path.name, validator
+                    db, obj.key, obj.version, obj.size, obj.mtime, obj.chunk_size, obj.name, validator
                 )
             elif obj not in pinned and validator is not None and obj not in new_ids:
                 # A row whose chunks were all forgotten, fetched again under a new pin.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from pathlib import Path
 
 import pytest
 import trio
@@ -57,7 +56,7 @@ async def open_and_close(fs, path: str) -> int:
 
 def fake_object(key: str, size: int) -> CachedObject:
     return CachedObject(key=key, version="v1", size=size, mtime=0.0, chunk_size=CHUNK,
-                        path=Path("/nonexistent"), fd=-1)
+                        file="/nonexistent", fd=-1)
 
 
 def test_the_kept_set_lets_go_of_the_oldest_over_its_count_or_bytes() -> None:
