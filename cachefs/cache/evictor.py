@@ -53,6 +53,7 @@ class Evictor:
         cap_bytes: int | None,
         min_free_bytes: int,
         settle: Callable[[], Awaitable[bool]] | None = None,
+        relieve: Callable[[], bool] | None = None,
     ) -> None:
         self._db = db
         self._data_path = data_path
@@ -60,6 +61,9 @@ class Evictor:
         # Waits until closed objects held by unflushed records are free to
         # go; says whether there were any.
         self._settle = settle
+        # Closes objects kept open only for speed (kept backing ids of the
+        # filesystem); says whether there were any.
+        self._relieve = relieve
         self._settle_useless = False
         self.cap_bytes = cap_bytes
         self.min_free_bytes = min_free_bytes
@@ -135,7 +139,15 @@ class Evictor:
 
     async def _evict_lru(self, incoming: int) -> int:
         """Evict least recently used objects until `incoming` bytes fit;
-        return how many bytes are still missing."""
+        return how many bytes are still missing. When what is open stands
+        in the way, objects kept open only for speed are closed, and it
+        tries once more."""
+        short = await self._evict_lru_once(incoming)
+        if short and self._relieve is not None and self._relieve():
+            short = await self._evict_lru_once(incoming)
+        return short
+
+    async def _evict_lru_once(self, incoming: int) -> int:
         async with self._lock:
             # Measured under the lock: another eviction may just have made room.
             need = self._excess(incoming)
@@ -160,6 +172,12 @@ class Evictor:
     async def free(self, nbytes: int) -> int:
         """Evict at least `nbytes` whatever the limits say (the disk is full);
         returns how much was freed."""
+        freed = await self._free_once(nbytes)
+        if freed < nbytes and self._relieve is not None and self._relieve():
+            freed += await self._free_once(nbytes - freed)
+        return freed
+
+    async def _free_once(self, nbytes: int) -> int:
         async with self._lock:
             freed = 0
             for row in self._db.eviction_candidates(CANDIDATES_PER_ROUND):

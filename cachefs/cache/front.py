@@ -37,7 +37,7 @@ from cachefs.remote import Pin, Remote
 
 from .db import ListingRow, ObjectRow, Usage
 from .evictor import EvictResult, Evictor
-from .fanout import data_path, make_folder_for
+from .fanout import data_file_name, data_path, make_folder_for
 from .fetcher import ChunkFetcher
 from .discard import Discards
 from .folder import FolderWatch, HeldFolder
@@ -154,15 +154,21 @@ class Cache:
         self.source = remote.source
         self.folder = held.path
         self.data_dir = held.path / DATA_NAME
+        self._data_dir_name = str(self.data_dir)
         self.chunk_size = config.chunk_size
         # Told (key, version) of every object discarded because the remote's
         # bytes changed: the layer above must stop serving that version.
         self.on_discard: list[Callable[[str, str], None]] = []
+        # Asked to let go of the uses of objects the layer above keeps open
+        # only to reopen them faster; each returns how many it let go of.
+        # Called when the cache needs room that only they hold, and when it
+        # starts over.
+        self.on_pressure: list[Callable[[], int]] = []
         self._objects = ObjectTable(on_closed=self._closed)
         self._forgetting: set[int] = set()  # object ids whose chunk rows are being deleted
         self._journal = Journal(self._db, self._objects)
         self._evictor = Evictor(self._db, self._data_path, self._objects.is_open, config.cap_bytes,
-                                config.min_free_bytes, self._settle)
+                                config.min_free_bytes, self._settle, self._relieve)
         self._discards = Discards(self._objects, self._journal, self._evictor, self._db, nursery, self.on_discard)
         self._watch = FolderWatch(held, self._start_over)
         self._fetcher = ChunkFetcher(remote, self._journal, self._evictor, nursery, self._objects,
@@ -269,7 +275,7 @@ class Cache:
         """
         row = row or self._db.find_object(key, version)
         name = row.data_name if row else hashlib.sha256(f"{key}\0{version}".encode()).hexdigest()[:40]
-        path = data_path(self.data_dir, name)
+        path = data_file_name(self._data_dir_name, name)
         # Inline, not in a worker thread: with the data folder spread over
         # block groups (fanout.py) creating a file takes ~20 µs, less than
         # the thread hop would.
@@ -287,7 +293,11 @@ class Cache:
             fd, found_size = open_data_file(path, size)
         present: set[int] = set()
         if row is not None and row.id not in self._forgetting:
-            present = self._db.chunks_of(row.id)
+            if row.complete and row.size == size:
+                # Complete means every chunk is recorded: no need to ask which.
+                present = set(range(-(-size // row.chunk_size)))
+            else:
+                present = self._db.chunks_of(row.id)
             why = ""
             if present and found_size != size:
                 why = "data file of %s had the wrong size; fetching it again"
@@ -306,7 +316,7 @@ class Cache:
         pin = Pin(size, row.validator if row is not None and present else None)
         return CachedObject(
             key=key, version=version, size=size, mtime=mtime, chunk_size=chunk_size,
-            path=path, fd=fd, object_id=row.id if row else None, present=present, pin=pin,
+            file=path, fd=fd, object_id=row.id if row else None, present=present, pin=pin,
         )
 
     def _data_path(self, row: ObjectRow) -> Path:
@@ -327,9 +337,14 @@ class Cache:
             self._forgetting.discard(object_id)
             return
 
+    def _relieve(self) -> bool:
+        """Ask the layer above to close what it keeps open for speed; True if it did."""
+        return sum(let_go() for let_go in self.on_pressure) > 0
+
     async def _start_over(self) -> None:
         """The folder's files were lost and made anew (see `recovery`):
         forget what was recorded in the old ones."""
+        self._relieve()
         for obj in self._objects:
             obj.detached = True
             obj.object_id = None
@@ -383,6 +398,9 @@ class Cache:
         """Start fetching a whole object in the background, unless cached."""
         if size == 0:
             return  # nothing to fetch, and an empty object keeps no data file
+        obj = self._objects.find(key, version)
+        if obj is not None and obj.complete:
+            return  # open, and complete: no need to ask the database
         row = self._db.find_object(key, version)
         if row is None or not row.complete:
             self._nursery.start_soon(self._fetch_whole, key, version, size, mtime)

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 # How long to gather chunks before a flush: a few chunks of a fast download.
 BATCH_SECONDS = 0.1
+# How long open times wait to be recorded when no chunk is queued: they only
+# order eviction, and each write makes SQLite's readers drop their cached
+# pages, which a reader of warm files then reads again (from disk, cold).
+TOUCH_SECONDS = 2.0
 
 
 class QueuedChunk(NamedTuple):
@@ -85,14 +89,17 @@ class Journal:
         await done.wait()
 
     def opened(self, obj: CachedObject) -> None:
-        """Note that `obj` was opened now (recorded with the next batch)."""
+        """Note that `obj` was opened now (recorded with the next batch, or
+        within TOUCH_SECONDS)."""
         self._opened[obj] = time.time()
-        self._wakeup.set()
 
     async def run(self) -> None:
         """Flush forever; cancel to stop (then call `flush` once more)."""
         while True:
-            await self._wakeup.wait()
+            with trio.move_on_after(TOUCH_SECONDS):
+                await self._wakeup.wait()
+            if not self._wakeup.is_set() and not self._opened:
+                continue
             with trio.move_on_after(BATCH_SECONDS):
                 await self._hurry.wait()
             # A batch taken must be recorded: cancelling it half way would
@@ -204,7 +211,7 @@ class Journal:
             object_id = obj.object_id or new_ids.get(obj)
             if object_id is None:
                 object_id = new_ids[obj] = CacheDB.insert_object(
-                    db, obj.key, obj.version, obj.size, obj.mtime, obj.chunk_size, obj.path.name, validator
+                    db, obj.key, obj.version, obj.size, obj.mtime, obj.chunk_size, obj.name, validator
                 )
             elif obj not in pinned and validator is not None and obj not in new_ids:
                 # A row whose chunks were all forgotten, fetched again under a new pin.

@@ -127,7 +127,7 @@ def data_file(folder: Path, name: str) -> Path:
     return fanout.data_path(folder / DATA_NAME, name)
 
 
-def open_data_file(path: Path, size: int) -> tuple[int, int]:
+def open_data_file(path: str | Path, size: int) -> tuple[int, int]:
     """Open (or create) a data file and make it `size` bytes long (sparse);
     return its descriptor and the size it had."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)

@@ -88,7 +88,9 @@ class CachedObject:
     size: int
     mtime: float
     chunk_size: int
-    path: Path
+    # The data file's path, a string: a Path costs an open of a warm file
+    # more than its SQLite look-up; `path` makes one when it is wanted.
+    file: str
     fd: int
     object_id: int | None = None
     present: set[int] = field(default_factory=set)
@@ -109,6 +111,15 @@ class CachedObject:
     # Its database was lost and rebuilt while it was open: it goes on
     # serving from its open file, but nothing of it is recorded any more.
     detached: bool = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
+
+    @property
+    def name(self) -> str:
+        """The data file's name (in its subfolder)."""
+        return self.file.rpartition("/")[2]
 
     @property
     def nchunks(self) -> int:

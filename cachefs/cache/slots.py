@@ -10,9 +10,9 @@ promoted (`promote`).
 
 from __future__ import annotations
 
+import bisect
 import enum
 import itertools
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +26,10 @@ class Priority(enum.IntEnum):
     DEMAND = 0  # a reader is waiting for these bytes
     READAHEAD = 1  # a sequential reader will want them soon
     BACKGROUND = 2  # directory read-ahead and prefetch
+
+
+# Iterating over an Enum class is slow; fits() does it twice per fetch.
+_LEVELS = tuple(Priority)
 
 
 @dataclass(eq=False)
@@ -45,32 +49,45 @@ class FetchSlots:
         """`caps[p]`: at most this many slots held at priority p or below it."""
         self._total = total
         self._caps = {p: caps.get(p, total) for p in Priority}
-        self._held: Counter[Priority] = Counter()
-        self._waiting: list[Ticket] = []
+        self._held = {p: 0 for p in Priority}
+        self._in_use = 0
+        # Queued tickets by priority, each queue in ticket order. A fetch
+        # asks twice (to start, to end) and each grant looks at the queues:
+        # sorting every queued ticket each time cost a cold small file more
+        # than the rest of its bookkeeping.
+        self._waiting: dict[Priority, list[Ticket]] = {p: [] for p in Priority}
         self._seq = itertools.count()
 
     @property
     def in_use(self) -> int:
-        return sum(self._held.values())
+        return self._in_use
 
     def _fits(self, priority: Priority) -> bool:
-        if self.in_use >= self._total:
+        if self._in_use >= self._total:
             return False
-        # Every cap from DEMAND down to `priority` must have room.
-        for level in Priority:
+        # Every cap from DEMAND down to `priority` must have room; held at
+        # `level` or below is what is held minus what is held above it.
+        held = self._in_use
+        for level in _LEVELS:
             if level > priority:
                 break
-            if sum(n for p, n in self._held.items() if p >= level) >= self._caps[level]:
+            if held >= self._caps[level]:
                 return False
+            held -= self._held[level]
         return True
 
     def _grant(self) -> None:
-        for ticket in sorted(self._waiting, key=lambda t: (t.priority, t.seq)):
-            if self._fits(ticket.priority):
-                self._waiting.remove(ticket)
-                ticket.held_as = ticket.priority
-                self._held[ticket.priority] += 1
+        # In priority order; a ticket that does not fit means no ticket of
+        # its priority or below does (each checks the caps of those above).
+        for priority, queue in self._waiting.items():
+            while queue and self._fits(priority):
+                ticket = queue.pop(0)
+                ticket.held_as = priority
+                self._held[priority] += 1
+                self._in_use += 1
                 ticket.granted.set()
+            if queue:
+                return
 
     def ticket(self, priority: Priority) -> Ticket:
         return Ticket(next(self._seq), priority)
@@ -78,7 +95,7 @@ class FetchSlots:
     @asynccontextmanager
     async def hold(self, ticket: Ticket) -> AsyncIterator[None]:
         """Wait for a slot for `ticket` and hold it for the body."""
-        self._waiting.append(ticket)
+        bisect.insort(self._waiting[ticket.priority], ticket, key=_seq_of)
         self._grant()
         try:
             await ticket.granted.wait()
@@ -86,14 +103,24 @@ class FetchSlots:
         finally:
             if ticket.held_as is not None:
                 self._held[ticket.held_as] -= 1
+                self._in_use -= 1
             else:
-                self._waiting.remove(ticket)
+                self._waiting[ticket.priority].remove(ticket)
             self._grant()
 
     def promote(self, ticket: Ticket, priority: Priority) -> None:
         """Raise a queued or running fetch to `priority` if that is more urgent."""
         if priority >= ticket.priority:
             return
+        queue = self._waiting[ticket.priority]
+        queued = not ticket.granted.is_set() and ticket in queue
+        if queued:
+            queue.remove(ticket)
         ticket.priority = priority
-        if not ticket.granted.is_set():
+        if queued:
+            bisect.insort(self._waiting[priority], ticket, key=_seq_of)
             self._grant()
+
+
+def _seq_of(ticket: Ticket) -> int:
+    return ticket.seq

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from cachefs.kernel.wire import ROOT_ID, Attr, DirentType, OpenFlag
 from cachefs.remote import NotFound, Remote, RemoteEntry, RemoteError, VersionChanged
 
 from .dirahead import DirectoryReadahead, ListingReadahead
-from .inodes import Inode, InodeTable, child_path, split_path
+from .inodes import Inode, InodeTable, child_path, is_under, split_path
+from .kept import KeptBacking, KeptBackings
 from .listings import Listing, Listings, ListingUnreadable, name_bytes
 from .openmode import PASSTHROUGH_OPS, HandleMode, KernelOps, choose_mode
 from .pagepush import WINDOW, PagePusher
@@ -60,6 +62,11 @@ READDIR_STEP = 64
 # `ls` do not), so a program that only wants names gets them without an
 # inode made per entry, here and in the kernel.
 FIRST_PLUS_ENTRIES = 256
+# Backing ids of closed small files kept registered (see `kept`): each holds
+# a descriptor of its data file, so at most a quarter of the daemon's
+# descriptor limit, and the bytes they keep from eviction are bounded too.
+KEPT_MAX_COUNT = 4096
+KEPT_MAX_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -109,7 +116,9 @@ class Filesystem:
         self.pages = PagePusher(cache, self.stats)
         self._nursery: trio.Nursery | None = None
         self._changed_paths: set[str] = set()  # see _changed
+        self.kept = KeptBackings(_kept_count(), KEPT_MAX_BYTES)
         cache.on_discard.append(self._version_gone)
+        cache.on_pressure.append(self._let_go_of_kept)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background work of the filesystem (page pushes, kernel
@@ -325,6 +334,7 @@ class Filesystem:
             self._changed_paths.discard(inode.path)
             return
         log.info("%r changed on the remote; new opens get the new version", inode.path)
+        self._close_kept(self.kept.take_key(inode.path))
         await self._record_entry(inode, current)
         raise FuseError(errno.ESTALE if current is not None else errno.ENOENT)
 
@@ -353,6 +363,7 @@ class Filesystem:
         """Drop what is cached at or under `paths`: the cache's files, and the
         kernel's page cache of files no handle has open (an open one keeps
         both, and is named in the result)."""
+        self._close_kept(self.kept.take_where(lambda key: is_under(key, paths)))
         result = await self.cache.evict(paths)
         inval = self.connection.notify_inval_inode if self.connection else None
         if inval is not None:
@@ -380,6 +391,7 @@ class Filesystem:
         of the old ones, and handles open on it may add more: so the inode
         stays with those handles, and the next open gets a new one."""
         self._changed_paths.add(key)
+        self._close_kept(self.kept.take_key(key))
         inode = self.inodes.find_file(key, version)
         if inode is None:
             return
@@ -424,42 +436,74 @@ class Filesystem:
             log.debug("listing %r ahead of the reader: %s", path, e)
 
     def _register_backing(self, inode: Inode, obj: CachedObject) -> bool:
-        """Give the inode its backing id at its first passthrough open."""
+        """Give the inode its backing id at its first passthrough open: the
+        one kept for its version if there is one, else a new one."""
         if inode.backing_id:
             return True
         assert self._backing is not None
+        kept = self.kept.take(obj.key, obj.version)
+        if kept is not None and kept.obj is not obj:
+            # Another object of the same version (the cache started over): not this file.
+            self._close_kept([kept])
+            kept = None
+        if kept is not None:
+            # The handle holds a use of its own.
+            self.cache.release(kept.obj)
+            self.stats.backing_ids_kept -= 1
+            self.stats.kept_reopens += 1
+            inode.backing_id = kept.backing_id
+            inode.kernel_ops = PASSTHROUGH_OPS
+            self.stats.backing_ids_open += 1
+            return True
         try:
-            # Through the daemon's own descriptor: the same file even when
-            # the cache folder was removed or rebuilt under us since.
-            fd = os.open(f"/proc/self/fd/{obj.fd}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            # The cache folder was removed under us (the cache rebuilds it).
-            log.warning("passthrough for %r failed (%s); serving it from the daemon", inode.path, e)
-            return False
-        try:
-            inode.backing_id = self._backing.open(fd)
+            # The daemon's own descriptor: the same file even when the cache
+            # folder was removed or rebuilt under us since. The kernel takes
+            # a reference to it, but reads through a file of its own, opened
+            # read-only by path at each passthrough open.
+            inode.backing_id = self._backing.open(obj.fd)
         except BackingError as e:
             log.warning("passthrough for %r failed (%s); serving it from the daemon", inode.path, e)
             return False
-        finally:
-            # The kernel holds its own reference to the file.
-            os.close(fd)
         inode.kernel_ops = PASSTHROUGH_OPS
         self.stats.backing_ids_open += 1
         return True
 
-    def _release_backing(self, inode: Inode) -> None:
-        """Close the backing id with the inode's last passthrough handle, never earlier."""
+    def _release_backing(self, inode: Inode, obj: CachedObject) -> None:
+        """Let go of the inode's backing id with its last passthrough handle,
+        never earlier, and of the handle's use of `obj`: both are kept for
+        the next open when the object is a complete small one (`kept`)."""
         if inode.handles[HandleMode.PASSTHROUGH] or not inode.backing_id:
+            self.cache.release(obj)
             return
-        assert self._backing is not None
-        try:
-            self._backing.close(inode.backing_id)
-        except BackingError as e:
-            log.warning("closing backing id %d of %r: %s", inode.backing_id, inode.path, e)
-        inode.backing_id = 0
+        backing_id, inode.backing_id = inode.backing_id, 0
         inode.kernel_ops = KernelOps.NONE
         self.stats.backing_ids_open -= 1
+        keep = not (inode.retired or obj.stale or obj.detached) and obj.complete and obj.nchunks <= 1
+        if keep and self.kept.fits(obj):
+            self.stats.backing_ids_kept += 1
+            self._close_kept(self.kept.keep(KeptBacking(obj, backing_id)))
+            return
+        self.cache.release(obj)
+        self._close_backing(backing_id, inode.path)
+
+    def _close_backing(self, backing_id: int, path: str) -> None:
+        assert self._backing is not None
+        try:
+            self._backing.close(backing_id)
+        except BackingError as e:
+            log.warning("closing backing id %d of %r: %s", backing_id, path, e)
+
+    def _close_kept(self, kept: list[KeptBacking]) -> int:
+        """Close kept backing ids and let go of their objects; returns how many."""
+        for k in kept:
+            self.stats.backing_ids_kept -= 1
+            self._close_backing(k.backing_id, k.obj.key)
+            self.cache.release(k.obj)
+        return len(kept)
+
+    def _let_go_of_kept(self) -> int:
+        """The cache needs the objects kept open here (for room, or it starts over)."""
+        return self._close_kept(self.kept.take_all())
 
     async def read(self, ino: int, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self._handles.get(fh)
@@ -485,10 +529,11 @@ class Filesystem:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
-        self.cache.release(handle.obj)
         handle.inode.handles[handle.mode] -= 1
         if handle.mode is HandleMode.PASSTHROUGH:
-            self._release_backing(handle.inode)
+            self._release_backing(handle.inode, handle.obj)
+        else:
+            self.cache.release(handle.obj)
         self.inodes.drop_if_unused(handle.inode)
 
     async def opendir(self, ino: int) -> Opened:
@@ -607,6 +652,14 @@ class Filesystem:
         if state is CacheState.PARTIAL:
             return f"partial {cached}/{inode.size}"
         return state.value
+
+
+def _kept_count() -> int:
+    """How many backing ids `kept` may hold: each holds a descriptor."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return KEPT_MAX_COUNT
+    return max(0, min(KEPT_MAX_COUNT, soft // 4))
 
 
 def _renamed(entry: RemoteEntry, name: str) -> RemoteEntry:

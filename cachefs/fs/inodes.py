@@ -86,6 +86,11 @@ def child_path(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
+def is_under(path: str, paths: list[str]) -> bool:
+    """Whether `path` is at or below one of `paths` ('' is everything)."""
+    return any(p == "" or path == p or path.startswith(p.rstrip("/") + "/") for p in paths)
+
+
 def split_path(path: str) -> tuple[str, str]:
     """(parent directory, name) of a non-root path."""
     parent, _, name = path.rpartition("/")
@@ -109,8 +114,7 @@ class InodeTable:
 
     def files_under(self, paths: list[str]) -> list[Inode]:
         """File inodes at or below any of `paths` ('' is everything)."""
-        return [i for i in self._by_ino.values() if not i.is_dir and any(
-            p == "" or i.path == p or i.path.startswith(p.rstrip("/") + "/") for p in paths)]
+        return [i for i in self._by_ino.values() if not i.is_dir and is_under(i.path, paths)]
 
     def find_file(self, path: str, version: str) -> Inode | None:
         return self._by_path.get((path, version))

@@ -125,6 +125,12 @@ class Session:
         hdr = InHeader.parse(buf)
         body = memoryview(buf)[wire.IN_HEADER.size : hdr.length]
         op = hdr.opcode
+        # The requests of every file opened come first: LOOKUP, OPEN, RELEASE.
+        if op in self._immediate and self._answer_now(hdr, body):
+            return not self._stopped
+        if op in self._handlers:
+            self._nursery.start_soon(self._run_request, hdr, body)
+            return not self._stopped
         if op == Opcode.FORGET:
             (nlookup,) = wire.FORGET_IN.unpack_from(body)
             self.ops.forget(hdr.nodeid, nlookup)
@@ -146,10 +152,6 @@ class Session:
             self.ops.destroy()
             self._reply(hdr.unique, [])
             self._stopped = True
-        elif op in self._immediate and self._answer_now(hdr, body):
-            pass
-        elif op in self._handlers:
-            self._nursery.start_soon(self._run_request, hdr, body)
         elif op == Opcode.FLUSH:
             # Nothing to flush on a read-only mount; ENOSYS tells the kernel
             # never to send FLUSH again, saving a round trip per close.

@@ -172,12 +172,17 @@ def test_32_readers_under_load(tree: Tree, store: NginxStore, mount: Mounter, tm
     assert stuck == 0, f"{stuck} threads still running {GRACE_S:g} s after the end: deadlock?"
     assert problems == [], problems
 
-    # Every file is closed: the daemon lets go of what it opened for us.
-    settled = wait_until(lambda: fd_census(pid, data_dir)["data"] == 0, SETTLE_S)
+    # Every file is closed: the daemon lets go of what it opened for us,
+    # but for the data file of each backing id it keeps for the next open
+    # of a small file (fs/kept.py: one each, bounded).
+    def unaccounted() -> int:
+        return fd_census(pid, data_dir)["data"] - json.loads(os.getxattr(mp, STATS))["backing_ids_kept"]
+
+    settled = wait_until(lambda: unaccounted() == 0, SETTLE_S)
     after = fd_census(pid, data_dir)
-    print(f"fds after {after}")
     stats = json.loads(os.getxattr(mp, STATS))
-    assert settled, f"data files still open after every file was closed: {after}"
+    print(f"fds after {after}; backing ids kept {stats['backing_ids_kept']}")
+    assert settled, f"data files still open after every file was closed: {after}, {stats}"
     assert after["file"] <= before["file"] and after["other"] <= before["other"], (before, after)
     assert after["socket"] <= before["socket"] + HTTPX_POOL, (before, after)
     assert stats["backing_ids_open"] == 0, stats

@@ -564,3 +564,51 @@ def test_mmap_of_partial_and_complete_files(
     finally:
         os.close(fd)
     assert wait_stat(mp, "backing_ids_open", 0)["backing_ids_open"] == 0
+
+
+# -- 5. kept backing ids: a small file's next open, after a change or an eviction --------
+
+
+def test_a_kept_backing_id_serves_only_its_own_version(mount: Mounter, tmp_path: Path):
+    """A closed small file keeps its backing id for the next open (no new
+    registration), also for a new inode after the kernel forgot the old one;
+    a replaced or evicted file never reads back through it."""
+    from mounter import CACHEFS, run
+
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    rng = random.Random(23)
+    versions = [rng.randbytes(20_000) for _ in range(2)]
+    source = root / "d" / "f.bin"
+    source.write_bytes(versions[0])
+    os.utime(source, (1_700_000_000, 1_700_000_000))
+    with NginxStore(root, tmp_path / "nginx") as store:
+        # JSON index: mtimes to the second, so the replaced file is a new version.
+        mp = mount_checked(mount, store, ("--metadata-ttl", "1"))
+        path = mp / "d" / "f.bin"
+        assert path.read_bytes() == versions[0]
+        wait_stat(mp, "backing_ids_kept", 1)
+        assert path.read_bytes() == versions[0]
+        assert stats(mp)["kept_reopens"] == 1
+        # The kernel forgets its dentries and inodes: a new inode, the same id.
+        wait_stat(mp, "backing_ids_kept", 1)
+        Path("/proc/sys/vm/drop_caches").write_text("2")
+        assert path.read_bytes() == versions[0]
+        assert stats(mp)["kept_reopens"] == 2
+
+        # Replaced on the store, same size: once the listing is older than
+        # the TTL, the next open reads the new bytes, never the kept ones.
+        source.write_bytes(versions[1])
+        os.utime(source, (1_700_000_100, 1_700_000_100))
+        time.sleep(1.5)
+        assert path.read_bytes() == versions[1]
+        assert wait_stat(mp, "backing_ids_kept", 1)["backing_ids_kept"] == 1  # the new version's
+
+        # Evicted: the kept id goes with the file; the next open fetches again.
+        done = run([CACHEFS, "evict", path], timeout=60)
+        assert done.returncode == 0 and "kept" not in done.stdout, (done.stdout, done.stderr)
+        assert stats(mp)["backing_ids_kept"] == 0
+        assert state(path) == "absent"
+        assert path.read_bytes() == versions[1]
+        s = wait_stat(mp, "backing_ids_open", 0)
+        assert s["backing_ids_kept"] == 1 and s["opens"]["daemon"] == 0, s

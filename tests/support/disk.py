@@ -71,4 +71,4 @@ def written_object(directory: Path, name: str, data: bytes, chunk_size: int) -> 
     # cache's folios after the writes.
     for offset in range(0, len(data), 1 << 20):
         os.pwrite(fd, data[offset:offset + (1 << 20)], offset)
-    return CachedObject(key=name, version="v1", size=len(data), mtime=0.0, chunk_size=chunk_size, path=path, fd=fd)
+    return CachedObject(key=name, version="v1", size=len(data), mtime=0.0, chunk_size=chunk_size, file=str(path), fd=fd)

@@ -72,3 +72,30 @@ def test_directories_opened_in_order_get_the_next_ones_listed_early() -> None:
     assert picked(ahead.on_open("", tree, "d01")) == ["d02", "d03", "d04", "d05"]
     assert picked(ahead.on_open("", tree, "d02")) == ["d06"]
     assert ahead.on_open("", tree, "d09") == []  # a jump starts over
+
+
+class CountingListing(MemoryListing):
+    """Counts the pages read, as each costs a query of a stored listing."""
+
+    pages_read = 0
+
+    def page(self, after, limit):
+        self.pages_read += 1
+        return super().page(after, limit)
+
+
+def test_a_walk_through_a_directory_reads_a_page_per_many_opens() -> None:
+    ahead = DirectoryReadahead(small_size=SMALL)
+    entries = [RemoteEntry(f"f{i:03d}", False, 100) for i in range(200)]
+    files = CountingListing(0.0, {name_bytes(e.name): e for e in entries})
+    issued = []
+    for e in entries:
+        issued += picked(ahead.on_open("d", files, e.name))
+    # Every file after the first two is read ahead once, in order.
+    assert issued == [e.name for e in entries[2:]]
+    assert files.pages_read <= 200 // (dirahead.PAGE_ENTRIES - WINDOW_FILES) + 2
+    # A listing fetched again is read again.
+    again = CountingListing(0.0, {name_bytes(e.name): e for e in entries})
+    ahead.on_open("d", again, "f000")
+    ahead.on_open("d", again, "f001")
+    assert again.pages_read >= 1

@@ -34,7 +34,7 @@ def make_object(tmp_path: Path, name: str, nchunks: int) -> CachedObject:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.pwrite(fd, os.urandom(nchunks * CHUNK), 0)
     return CachedObject(key=name, version="v1", size=nchunks * CHUNK, mtime=0.0,
-                        chunk_size=CHUNK, path=path, fd=fd)
+                        chunk_size=CHUNK, file=str(path), fd=fd)
 
 
 def held(*objs: CachedObject) -> ObjectTable:

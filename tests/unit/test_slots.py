@@ -5,11 +5,13 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from cachefs.cache.slots import FetchSlots, Priority
+from cachefs.cache.slots import FetchSlots, Priority, Ticket
 
 
-async def _hold(slots: FetchSlots, priority: Priority, name: str, order: list[str], release: trio.Event) -> None:
-    async with slots.hold(slots.ticket(priority)):
+async def _hold(slots: FetchSlots, priority: Priority | Ticket, name: str, order: list[str],
+                release: trio.Event) -> None:
+    ticket = priority if isinstance(priority, Ticket) else slots.ticket(priority)
+    async with slots.hold(ticket):
         order.append(name)
         await release.wait()
 
@@ -66,11 +68,11 @@ def test_promoted_read_ahead_jumps_the_queue() -> None:
         async with trio.open_nursery() as n:
             n.start_soon(_hold, slots, Priority.READAHEAD, "a0", order, release)
             await trio.testing.wait_all_tasks_blocked()
-            n.start_soon(_hold, slots, Priority.READAHEAD, "a1", order, release)
+            queued = slots.ticket(Priority.READAHEAD)
+            n.start_soon(_hold, slots, queued, "a1", order, release)
             await trio.testing.wait_all_tasks_blocked()
             # The one speculative slot is taken: a1 waits although a slot is free.
             assert order == ["a0"]
-            (queued,) = slots._waiting
             slots.promote(queued, Priority.DEMAND)  # what the fetcher does when a reader waits for it
             await trio.testing.wait_all_tasks_blocked()
             assert order == ["a0", "a1"]

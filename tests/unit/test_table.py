@@ -14,7 +14,7 @@ from cachefs.cache.table import ObjectTable
 def make_object(tmp_path: Path, key: str = "k", version: str = "v1") -> CachedObject:
     path = tmp_path / f"{key}-{version}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    return CachedObject(key=key, version=version, size=10, mtime=0.0, chunk_size=4, path=path, fd=fd)
+    return CachedObject(key=key, version=version, size=10, mtime=0.0, chunk_size=4, file=str(path), fd=fd)
 
 
 def test_the_last_release_closes_the_object_and_takes_it_out(tmp_path: Path) -> None:
