@@ -327,3 +327,19 @@ def test_the_rest_of_the_package_uses_only_the_front_door() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             behind += [f"{path.relative_to(package)}: {n}" for n in names if n.startswith("cachefs.cache.")]
     assert behind == []
+
+
+def test_a_data_file_whose_subfolder_is_gone_makes_it_again(open_cache) -> None:
+    body = data(CH + 5, seed=3)
+    remote = MemoryRemote({"a.bin": body})
+
+    async def scenario(cache: Cache) -> None:
+        # A new cache makes its 256 subfolders in a worker thread once it
+        # runs; wait for them, then take them away, as an emptied folder would.
+        await until(lambda: len(list(cache.data_dir.iterdir())) == 256)
+        for sub in cache.data_dir.iterdir():
+            sub.rmdir()
+        assert bytes(await read_whole(cache, remote, "a.bin")) == body
+        assert len(list(cache.data_dir.iterdir())) == 1
+
+    run(open_cache, remote, scenario)
