@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -75,11 +76,29 @@ async def _check_remote(fs: Filesystem, remote: WatchedRemote) -> str | None:
     return None
 
 
+def raise_open_file_limit() -> int:
+    """Take the hard limit on open files as the soft one; returns the soft limit now.
+
+    Every open cached file, and every backing id kept for a small file's
+    next open, holds a descriptor. The soft limit is often 1024, a default
+    for programs that use select(); trio uses epoll, so the hard limit is
+    ours to take."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.debug("open-file limit left at %s: %s", soft, e)
+    return soft
+
+
 async def serve(config: MountConfig, ready: Ready, log_path: Callable[[Path], None] | None = None,
                 times: StartupTimes | None = None) -> None:
     """Mount and serve until unmounted. Raises StartupError before ready.
     Logs `times`, with the steps of this function added, once the mount answers."""
     times = times or StartupTimes()
+    raise_open_file_limit()  # before the filesystem sizes its kept backing ids by it
     if "command" not in times.marks:
         times.mark("command")  # in the foreground, the command is the daemon
     try:
