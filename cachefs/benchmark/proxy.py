@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from cachefs.localstore.nginx import LOOPBACK, free_port
+from cachefs.localstore.process import stop_child
 
 from .system import BenchError
 
@@ -77,11 +78,4 @@ class TinyProxy:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, STOP_TIMEOUT_S)

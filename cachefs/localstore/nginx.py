@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from .process import stop_child
 from .tls import ServerCert
 
 LOOPBACK = "127.0.0.1"
@@ -226,12 +227,7 @@ class NginxProcess:
         # Workers are the master's children; remember them in case the master
         # must be killed, which would orphan them.
         workers = _children_of(proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if stop_child(proc, STOP_TIMEOUT_S):
             for pid in workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

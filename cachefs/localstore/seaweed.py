@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from .nginx import LOOPBACK, free_port
+from .process import stop_child
 
 REGION = "us-east-1"
 # SeaweedFS needs a while to elect its master and register the volume server.
@@ -205,13 +206,7 @@ class SeaweedStore:
     def stop(self) -> None:
         """Stop weed by pid (SIGTERM, then SIGKILL) and remove its /tmp sockets."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc, STOP_TIMEOUT_S)
         for path in self._our_sockets:
             try:
                 if stat.S_ISSOCK(path.lstat().st_mode):

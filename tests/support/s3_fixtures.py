@@ -35,6 +35,7 @@ import httpx
 from botocore.config import Config
 
 from cachefs.localstore.nginx import free_port
+from cachefs.localstore.process import stop_child
 from cachefs.localstore.seaweed import SeaweedStore
 
 LOOPBACK = "127.0.0.1"
@@ -204,15 +205,8 @@ class MotoS3(S3Server):
         raise RuntimeError(f"moto did not answer on {self.url} within {START_TIMEOUT_S}s")
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(STOP_TIMEOUT_S)
-        self._process = None
+        process, self._process = self._process, None
+        stop_child(process, STOP_TIMEOUT_S)
 
     # -- moto only ------------------------------------------------------------
 
