@@ -426,6 +426,9 @@ class Cache:
     async def evict(self, keys: list[str]) -> EvictResult:
         """Evict what is cached at or under `keys` ('' is everything); what is
         open or pinned is skipped (`cachefs evict`)."""
+        # A file closed a moment ago is still held by its chunks waiting to
+        # be recorded: record them now, or it would be skipped as open.
+        await self._journal.settle()
         return await self._evictor.evict_keys(keys)
 
     async def pin(self, keys: list[str]) -> None:

@@ -343,3 +343,18 @@ def test_a_data_file_whose_subfolder_is_gone_makes_it_again(open_cache) -> None:
         assert len(list(cache.data_dir.iterdir())) == 1
 
     run(open_cache, remote, scenario)
+
+
+def test_a_file_closed_a_moment_ago_is_evicted_not_skipped_as_open(open_cache) -> None:
+    body = data(CH // 2, seed=4)
+    remote = MemoryRemote({"a.bin": body})
+
+    async def scenario(cache: Cache) -> None:
+        # Its chunk waits to be recorded (the journal batches): it must not
+        # count as open once the reader has closed it.
+        assert bytes(await read_whole(cache, remote, "a.bin")) == body
+        result = await cache.evict(["a.bin"])
+        assert (result.files, result.skipped) == (1, [])
+        assert state(cache, remote, "a.bin")[0] is CacheState.ABSENT
+
+    run(open_cache, remote, scenario)
