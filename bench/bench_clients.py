@@ -20,7 +20,8 @@ with 8 chunk streams, s3fs, httpdirfs) and gets the same measurements:
 
 With tinyproxy (`./dev peers`), cachefs also reads the HTTP and HTTPS sources
 through it (`--proxy`): small and big cold against the same run's direct
-figures, and curl through it as the ceiling. Every file read is checked by sha256 (the
+figures, and curl through it as the ceiling (the big file, and the small
+files over one curl's kept-alive connections). Every file read is checked by sha256 (the
 big file in an untimed pass through the mount after its timed read); a wrong
 byte ends the run. Clients take turns within a run; figures are medians of
 --runs and ratios medians of run-by-run ratios. A goals table ends the
@@ -61,7 +62,7 @@ from cachefs.benchmark.sidebyside import (CACHEFS, FIGURES, PROXIED, PROXY_SOURC
 from cachefs.benchmark.system import (MB, BenchError, KiB, MiB, daemon_of, daemon_stats,
                                       drop_page_cache, hash_whole, make_hot, sequential_mbps,
                                       sigterm_as_interrupt)
-from cachefs.benchmark.sources import SOURCE_NAMES, Source, curl_mbps, start_sources
+from cachefs.benchmark.sources import SOURCE_NAMES, Source, curl_files_per_s, curl_mbps, start_sources
 from cachefs.localstore.nginx import NginxError
 from cachefs.localstore.tls import TlsError
 
@@ -255,6 +256,9 @@ class ClientBench:
         """curl, then cachefs (small and big cold), through `proxy`."""
         self.add(source, "curl-proxy", "big_cold", run,
                  curl_mbps(source, self.files, self.rig.workspace.path / "curl.out", proxy.url))
+        work = self.rig.workspace.path
+        self.add(source, "curl", "small_cold", run, curl_files_per_s(source, self.files, work))
+        self.add(source, "curl-proxy", "small_cold", run, curl_files_per_s(source, self.files, work, proxy.url))
         self.client(source, PROXIED, run, ("--proxy", proxy.url), full=False)
 
 

@@ -73,6 +73,7 @@ def proxy_table(fig: Figures, sources: list[str]) -> str:
     rows = []
     for src in sources:
         for client, key, what in ((CACHEFS, "small_cold", "cachefs small files cold (files/s)"),
+                                  ("curl", "small_cold", "curl small files, the ceiling (files/s)"),
                                   (CACHEFS, "big_cold", "cachefs big file cold (MB/s)"),
                                   ("curl", "big_cold", "curl, the ceiling (MB/s)")):
             through = PROXIED if client == CACHEFS else "curl-proxy"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,33 @@ def start_sources(rig: Rig, root: Path, names: list[str]) -> list[Source]:
     if "s3" in names:
         found.append(_s3_source(rig, root))
     return found
+
+
+def curl_files_per_s(source: Source, files: FileSet, work: Path, proxy: str | None = None) -> float:
+    """One curl fetches every small file, in order, over the connections it
+    keeps alive; files/s. Each answer must be a 200 of the file's size
+    (their bytes are not kept): through a proxy, what the proxy allows."""
+    sizes = [(source.root / key).stat().st_size for key in files.small]
+    config = work / "curl-small.conf"
+    config.write_text("".join(f'url = "{source.object_url(key)}"\noutput = "/dev/null"\n'
+                              for key in files.small))
+    argv = ["curl", "-sS", "--fail", "-w", "%{http_code} %{size_download}\n", *source.curl_args(),
+            *(["--proxy", proxy] if proxy else ["--noproxy", "*"]), "--config", str(config)]
+    try:
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                              timeout=CURL_TIMEOUT_S, env=os.environ | source.env)
+        seconds = time.monotonic() - started
+    finally:
+        config.unlink(missing_ok=True)
+    answers = [line.split() for line in done.stdout.splitlines()]
+    if done.returncode != 0 or len(answers) != len(files.small):
+        raise BenchError(f"curl of {source.name}'s small files failed (rc {done.returncode}): "
+                         f"{done.stderr.strip()[-300:]}")
+    for key, size, (code, got) in zip(files.small, sizes, answers):
+        if code != "200" or int(got) != size:
+            raise BenchError(f"curl of {source.name}'s {key} got {code} with {got} bytes")
+    return len(files.small) / seconds
 
 
 def curl_mbps(source: Source, files: FileSet, out: Path, proxy: str | None = None) -> float:

@@ -30,6 +30,8 @@ def figures() -> Figures:
         fig.add("http", CACHEFS, "big_cold", run, 100.0)
         fig.add("http", "curl", "big_cold", run, 200.0)
         fig.add("http", "curl-proxy", "big_cold", run, 150.0)
+        fig.add("http", "curl", "small_cold", run, 2000.0)
+        fig.add("http", "curl-proxy", "small_cold", run, 50.0)
     return fig
 
 
@@ -68,3 +70,5 @@ def test_the_tables_show_medians_ratios_and_dashes_for_what_was_not_measured() -
     assert "curl 200" in big and big.rstrip().endswith("0.50x")
     proxy = proxy_table(figures(), ["http"])
     assert "0.90x" in proxy and "0.75x" in proxy
+    ceiling = next(line for line in proxy.splitlines() if "curl small files" in line)
+    assert ceiling.split()[-3:] == ["2,000", "50", "0.03x"]
