@@ -154,6 +154,12 @@ def run(main: Callable[[], Awaitable[object]]) -> None:
     trio.run(guarded)
 
 
+async def tls_client(port: int, server_hostname: str = LOOPBACK) -> TlsStream:
+    """A TlsStream to the test server on `port`, trusting the test CA; no handshake yet."""
+    raw = await PlainStream.connect(LOOPBACK, port)
+    return TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]), server_hostname)
+
+
 def new_transport() -> Http11Transport:
     def no_fallback(proxy: object) -> httpx.AsyncBaseTransport:
         raise AssertionError("the lean transport should send every request here")
@@ -212,8 +218,7 @@ def test_one_receive_returns_several_records(serve: Callable[[Handler], TlsServe
     server = serve(handler)
 
     async def main() -> None:
-        raw = await PlainStream.connect(LOOPBACK, server.port)
-        stream = TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]), LOOPBACK)
+        stream = await tls_client(server.port)
         try:
             await stream.do_handshake()
             await stream.send_all(b"GET / HTTP/1.1\r\n\r\n")
@@ -360,9 +365,7 @@ def test_certificate_for_another_host_name_fails(serve: Callable[[Handler], TlsS
     server = serve(lambda tls: None)
 
     async def main() -> None:
-        raw = await PlainStream.connect(LOOPBACK, server.port)
-        stream = TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]),
-                           "files.example")
+        stream = await tls_client(server.port, "files.example")
         try:
             with pytest.raises(trio.BrokenResourceError) as caught:
                 await stream.do_handshake()
@@ -417,8 +420,7 @@ def test_receive_nowait_gives_none_until_a_whole_record_is_there(serve: Callable
     server = serve(handler)
 
     async def main() -> None:
-        raw = await PlainStream.connect(LOOPBACK, server.port)
-        stream = TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]), LOOPBACK)
+        stream = await tls_client(server.port)
         try:
             await stream.do_handshake()
             assert stream.send_nowait(b"GET / HTTP/1.1\r\n\r\n")
@@ -515,8 +517,7 @@ def test_tls_connection_is_not_silent_after_close_notify(serve: Callable[[Handle
     server = serve(handler)
 
     async def main() -> None:
-        raw = await PlainStream.connect(LOOPBACK, server.port)
-        stream = TlsStream(raw, ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]), LOOPBACK)
+        stream = await tls_client(server.port)
         try:
             await stream.do_handshake()
             await stream.send_all(b"GET / HTTP/1.1\r\n\r\n")
